@@ -1,0 +1,440 @@
+//! Test harness for Millrace against a real Kafka broker.
+//!
+//! Where the broker comes from, in order:
+//! 1. `MILLRACE_BOOTSTRAP`, when set (CI starts one with `scripts/kafka`);
+//! 2. a testcontainers `apache/kafka` container, when a Docker engine answers;
+//! 3. `scripts/kafka start`, which assembles a KRaft broker from Maven
+//!    Central and runs it on 127.0.0.1 (it is left running for the next
+//!    test run; `scripts/kafka stop` stops it).
+//!
+//! Every test makes its own topics with [`unique`] names, so tests run in
+//! parallel against one broker.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration-tests sits inside the repository")
+        .to_path_buf()
+}
+
+/// The bootstrap address of the test broker, starting one if needed.
+pub fn bootstrap() -> &'static str {
+    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    BOOTSTRAP.get_or_init(|| match find_or_start_broker() {
+        Ok(address) => address,
+        Err(e) => panic!("no Kafka broker for the tests: {e:#}"),
+    })
+}
+
+fn find_or_start_broker() -> anyhow::Result<String> {
+    if let Ok(address) = std::env::var("MILLRACE_BOOTSTRAP") {
+        if !address.trim().is_empty() {
+            return Ok(address);
+        }
+    }
+    if docker_answers() {
+        return start_container();
+    }
+    start_with_script()
+}
+
+fn docker_answers() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn start_container() -> anyhow::Result<String> {
+    use testcontainers::ImageExt;
+    use testcontainers::runners::SyncRunner;
+    use testcontainers_modules::kafka::apache::{KAFKA_PORT, Kafka};
+    let container = Kafka::default()
+        .with_jvm_image()
+        .with_tag("4.1.1")
+        .start()
+        .context("starting apache/kafka with testcontainers")?;
+    let port = container.get_host_port_ipv4(KAFKA_PORT)?;
+    // The container lives as long as the test process; testcontainers
+    // removes it when the process's Docker session ends.
+    Box::leak(Box::new(container));
+    Ok(format!("127.0.0.1:{port}"))
+}
+
+fn start_with_script() -> anyhow::Result<String> {
+    let script = repo_root().join("scripts/kafka");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("start")
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!("{} start failed ({})", script.display(), output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let address = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .context("scripts/kafka start printed no address")?;
+    Ok(address.trim().to_string())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
+}
+
+/// Creates topics (name, partitions) and waits until their metadata is seen.
+pub async fn create_topics(topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(new.iter(), &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("creating {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// A plain (non-transactional) producer for test input.
+pub fn producer() -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("test producer")
+}
+
+/// Produces records (key, value) to a topic, in order, and flushes.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(Option<String>, Vec<u8>)],
+) -> anyhow::Result<()> {
+    let mut pending = Vec::with_capacity(records.len());
+    for (key, value) in records {
+        let mut record = FutureRecord::to(topic).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        match producer.send_result(record) {
+            Ok(delivery) => pending.push(delivery),
+            Err((e, _)) => bail!("produce: {e}"),
+        }
+        if pending.len() >= 10_000 {
+            for d in pending.drain(..) {
+                d.await?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+            }
+        }
+    }
+    for d in pending {
+        d.await?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+    }
+    producer.flush(Timeout::After(Duration::from_secs(30)))?;
+    Ok(())
+}
+
+/// Reads every committed record of a topic, from the beginning to the end
+/// (the last stable offset of every partition), as a `read_committed`
+/// consumer outside any group.
+pub fn read_committed(topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    if partitions == 0 {
+        bail!("topic {topic} has no partitions");
+    }
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut at_end = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while at_end.len() < partitions {
+        if Instant::now() > deadline {
+            bail!("reading {topic} did not reach the end in time");
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                out.push(m.detach());
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => bail!("reading {topic}: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+/// The headers of a message as a map of strings.
+pub fn header_map(message: &OwnedMessage) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    if let Some(headers) = message.headers() {
+        for h in headers.iter() {
+            map.insert(
+                h.key.to_string(),
+                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+            );
+        }
+    }
+    map
+}
+
+/// Headers for test input.
+pub fn headers(pairs: &[(&str, &str)]) -> OwnedHeaders {
+    pairs.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(*v),
+        })
+    })
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A `millrace` process running a pipeline file written by the test.
+pub struct Millrace {
+    child: Option<Child>,
+    pub config: PathBuf,
+    pub ops_port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The `millrace` binary under test: this package's `millrace-it`, which
+/// cargo builds (fresh) before it runs the package's tests. Test
+/// executables live in `target/<profile>/deps/`, the binary one level up.
+pub fn millrace_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("MILLRACE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable inside target/<profile>/deps");
+    let bin = profile_dir.join("millrace-it");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// Writes a pipeline file into a temporary directory. `{ops_port}` in the
+/// text is replaced by a free port for the operations endpoint.
+pub fn write_config(yaml: &str) -> anyhow::Result<(tempfile::TempDir, PathBuf, u16)> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let path = dir.path().join("pipeline.yaml");
+    let text = yaml.replace("{ops_port}", &port.to_string());
+    std::fs::write(&path, text)?;
+    Ok((dir, path, port))
+}
+
+impl Millrace {
+    /// Starts `millrace run` on a pipeline file (see [`write_config`]).
+    pub fn start(yaml: &str) -> anyhow::Result<Millrace> {
+        let (dir, config, ops_port) = write_config(yaml)?;
+        let log = dir.path().join("millrace.log");
+        let mut m = Millrace {
+            child: None,
+            config,
+            ops_port,
+            log,
+            _dir: dir,
+        };
+        m.restart()?;
+        Ok(m)
+    }
+
+    /// Starts the process again (after a kill), appending to the same log.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(millrace_bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("MILLRACE_BOOTSTRAP", bootstrap())
+            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting millrace")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: the process gets no chance to commit or leave the group.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub fn terminate(&mut self, within: Duration) -> anyhow::Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            bail!("not running");
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                child.kill()?;
+                bail!("millrace did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// GETs a path of the operations endpoint: (status, body).
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let url = format!("http://127.0.0.1:{}{path}", self.ops_port);
+        let response = reqwest::blocking::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()?;
+        let status = response.status().as_u16();
+        Ok((status, response.text()?))
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                bail!("millrace exited early; log:\n{}", self.log_tail(40));
+            }
+            if let Ok((200, _)) = self.get("/readyz") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("millrace not ready within {within:?}; log:\n{}", self.log_tail(40))
+    }
+
+    /// The value of a metric line (`name{labels}` exactly as exposed), or 0.
+    pub fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        let (_, body) = self.get("/metrics")?;
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0))
+    }
+
+    /// The last lines of the process's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Millrace {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// Runs `millrace` with arguments to completion: (exit code, stdout,
+/// stderr). With `broker`, it is pointed at the test broker.
+pub fn millrace_cli(args: &[&str], broker: bool) -> anyhow::Result<(i32, String, String)> {
+    let mut command = Command::new(millrace_bin());
+    command.args(args);
+    if broker {
+        command.env("MILLRACE_BOOTSTRAP", bootstrap());
+    } else {
+        command.env_remove("MILLRACE_BOOTSTRAP");
+    }
+    let output = command.output()?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// Writes a line to the test's output right away (progress of long tests).
+pub fn progress(line: &str) {
+    let mut err = std::io::stderr();
+    let _ = writeln!(err, "[millrace-it] {line}");
+}

@@ -1,0 +1,70 @@
+//! `millrace topics create`: creates the topics a pipeline reads and writes.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::PipelineConfig;
+use crate::pipeline::Pipeline;
+use crate::runtime::admin_client_config;
+
+/// What happened to one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created,
+    AlreadyExists,
+}
+
+/// Every topic of the pipeline: sources, sinks and the dead-letter topic.
+pub fn pipeline_topics(config: &PipelineConfig, pipeline: &Pipeline) -> Vec<String> {
+    let mut topics: Vec<String> = config.sources.iter().map(|s| s.topic.clone()).collect();
+    topics.extend(pipeline.output_topics());
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
+/// Creates the pipeline's topics with the partitions, replication factor
+/// and topic configs of `topics:`; topics that exist are left alone.
+pub async fn create_topics(
+    config: &PipelineConfig,
+    pipeline: &Pipeline,
+) -> anyhow::Result<Vec<(String, TopicOutcome)>> {
+    let admin: AdminClient<DefaultClientContext> = admin_client_config(config)
+        .create()
+        .context("creating the admin client")?;
+    let names = pipeline_topics(config, pipeline);
+    let new_topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| {
+            let mut topic = NewTopic::new(
+                name,
+                config.topics.partitions,
+                TopicReplication::Fixed(config.topics.replication_factor),
+            );
+            for (key, value) in &config.topics.config {
+                topic = topic.set(key, value);
+            }
+            topic
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(new_topics.iter(), &options)
+        .await
+        .with_context(|| format!("creating topics on {}", config.kafka.bootstrap))?;
+    let mut outcomes = Vec::new();
+    for result in results {
+        match result {
+            Ok(name) => outcomes.push((name, TopicOutcome::Created)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                outcomes.push((name, TopicOutcome::AlreadyExists))
+            }
+            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(outcomes)
+}

@@ -1,0 +1,667 @@
+//! The pipeline file: what a user writes in `config/<pipeline>.yaml`.
+//!
+//! Every field is documented here, next to its default; the README's
+//! configuration reference mirrors these docs. Loading is two passes:
+//! [`load`] parses the YAML into these structs (unknown fields are errors, so
+//! a typo never silently falls back to a default), applies environment
+//! overrides, and then [`validate`](validate::validate) checks what serde
+//! cannot: expressions compile, names are unique, sinks exist. Every error
+//! names the file and the field path.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub use validate::validate;
+
+/// Environment variable that overrides `kafka.bootstrap`.
+pub const ENV_BOOTSTRAP: &str = "MILLRACE_BOOTSTRAP";
+/// Environment variable that overrides `kafka.instance_id`.
+pub const ENV_INSTANCE_ID: &str = "MILLRACE_INSTANCE_ID";
+
+/// A whole pipeline: where records come from, what happens to them, where
+/// they go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Name of the pipeline. Used in the default group id, the transactional
+    /// id and the default dead-letter topic. Letters, digits, `.`, `_`, `-`.
+    pub pipeline: String,
+    /// How to reach Kafka and how this instance identifies itself.
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    /// Topics to consume. At least one.
+    pub sources: Vec<SourceConfig>,
+    /// Steps applied in order to every record. May be empty (a copy pipeline).
+    #[serde(default)]
+    pub steps: Vec<StepConfig>,
+    /// Named outputs. Without a `route` step every record goes to every sink;
+    /// with one, to the sink whose name the route expression returns.
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Where records that cannot be decoded or evaluated go.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    /// Transaction cadence.
+    #[serde(default)]
+    pub commit: CommitConfig,
+    /// Partition and replication settings used by `millrace topics create`.
+    #[serde(default)]
+    pub topics: TopicsConfig,
+    /// The operations HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`. Default `127.0.0.1:9092`; `MILLRACE_BOOTSTRAP`
+    /// overrides it.
+    pub bootstrap: String,
+    /// Consumer group id. Default `millrace-<pipeline>`.
+    pub group_id: Option<String>,
+    /// Stable identity of this instance, used for the transactional id
+    /// (`millrace-<pipeline>-<instance_id>`) so that a restarted instance
+    /// fences its previous incarnation at once. Default: the host name;
+    /// `MILLRACE_INSTANCE_ID` overrides it. Two live instances of one
+    /// pipeline must not share it.
+    pub instance_id: Option<String>,
+    /// Use `instance_id` as `group.instance.id` (KIP-345 static membership):
+    /// a restarted instance takes its partitions back without a rebalance,
+    /// but a stopped one keeps them until `session.timeout.ms` passes.
+    /// Default `false`.
+    pub static_membership: bool,
+    /// Extra librdkafka properties for both the consumer and the producer
+    /// (e.g. `security.protocol`, `sasl.username`). Values may reference
+    /// environment variables as `${NAME}` so secrets stay out of the file.
+    pub properties: BTreeMap<String, String>,
+    /// Extra properties for the consumer only (e.g. `session.timeout.ms`).
+    pub consumer_properties: BTreeMap<String, String>,
+    /// Extra properties for the producer only (e.g. `linger.ms`).
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap: "127.0.0.1:9092".to_string(),
+            group_id: None,
+            instance_id: None,
+            static_membership: false,
+            properties: BTreeMap::new(),
+            consumer_properties: BTreeMap::new(),
+            producer_properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// One consumed topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Topic name.
+    pub topic: String,
+    /// Encoding of record values. Default `json`.
+    #[serde(default)]
+    pub format: Format,
+    /// Where a group with no committed offset starts: `earliest` (default),
+    /// `latest`, or a point in time (RFC 3339 such as `2026-11-01T00:00:00Z`,
+    /// or milliseconds since the epoch). Ignored once the group has committed.
+    #[serde(default)]
+    pub start: StartPosition,
+}
+
+/// Record value encodings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// UTF-8 JSON, one document per record.
+    #[default]
+    Json,
+    /// Avro in the Confluent wire format. Accepted by the parser so that the
+    /// validator can say plainly that it is not available yet.
+    Avro,
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Format::Json => f.write_str("json"),
+            Format::Avro => f.write_str("avro"),
+        }
+    }
+}
+
+/// Start position for a consumer group that has no committed offset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartPosition {
+    #[default]
+    Earliest,
+    Latest,
+    /// Milliseconds since the Unix epoch.
+    Timestamp(i64),
+}
+
+impl fmt::Display for StartPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartPosition::Earliest => f.write_str("earliest"),
+            StartPosition::Latest => f.write_str("latest"),
+            StartPosition::Timestamp(ms) => write!(f, "timestamp {ms} ms"),
+        }
+    }
+}
+
+impl StartPosition {
+    /// Parses `earliest`, `latest`, an RFC 3339 time or epoch milliseconds.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        match text {
+            "earliest" => return Ok(StartPosition::Earliest),
+            "latest" => return Ok(StartPosition::Latest),
+            _ => {}
+        }
+        if let Ok(ms) = text.parse::<i64>() {
+            return if ms >= 0 {
+                Ok(StartPosition::Timestamp(ms))
+            } else {
+                Err(format!("timestamp {ms} is negative"))
+            };
+        }
+        let time = humantime::parse_rfc3339_weak(text).map_err(|_| {
+            format!(
+                "`{text}` is not `earliest`, `latest`, an RFC 3339 time \
+                 (2026-11-01T00:00:00Z) or milliseconds since the epoch"
+            )
+        })?;
+        let ms = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| format!("`{text}` is before 1970"))?
+            .as_millis();
+        i64::try_from(ms)
+            .map(StartPosition::Timestamp)
+            .map_err(|_| format!("`{text}` is too far in the future"))
+    }
+}
+
+impl<'de> Deserialize<'de> for StartPosition {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => n.to_string(),
+            Raw::Text(t) => t,
+        };
+        StartPosition::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One step of the pipeline. Written in YAML as a one-key map, e.g.
+/// `- filter: "value.temp > 30"`. Expressions are CEL
+/// (<https://cel.dev>); they see `value`, `key`, `topic`, `partition`,
+/// `offset` and `timestamp`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum StepConfig {
+    /// Keep records for which the expression is `true`; drop the others.
+    Filter(String),
+    /// Replace the value with the expression's result
+    /// (e.g. `{"id": value.id, "f": value.c * 1.8 + 32}`).
+    Map(String),
+    /// Keep only these fields of the value (dotted paths reach into objects).
+    Project(Vec<String>),
+    /// Set (add or overwrite) fields of the value, each to an expression.
+    Set(BTreeMap<String, String>),
+    /// Replace the record key with the expression's result (strings as UTF-8,
+    /// numbers and booleans as text, objects and lists as JSON, null for none).
+    Rekey(String),
+    /// Choose the sink by name: the expression returns a sink name.
+    Route(String),
+}
+
+impl StepConfig {
+    /// The step's keyword, as written in YAML.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StepConfig::Filter(_) => "filter",
+            StepConfig::Map(_) => "map",
+            StepConfig::Project(_) => "project",
+            StepConfig::Set(_) => "set",
+            StepConfig::Rekey(_) => "rekey",
+            StepConfig::Route(_) => "route",
+        }
+    }
+}
+
+/// One output topic.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Topic name.
+    pub topic: String,
+    /// Encoding of record values. Default `json`.
+    #[serde(default)]
+    pub format: Format,
+    /// Expression for the output key. Default: the record key as it left the
+    /// steps (the source key unless a `rekey` step changed it).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// The dead-letter topic.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterConfig {
+    /// Topic name. Default `<pipeline>-dead-letter`.
+    pub topic: Option<String>,
+}
+
+/// Transaction cadence.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommitConfig {
+    /// How often the open transaction commits (outputs and consumed offsets
+    /// together). Default `100ms`. Shorter means lower end-to-end latency
+    /// for `read_committed` readers and more transaction overhead.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Commit early once this many records were consumed in the open
+    /// transaction, whatever the interval. Default 50000.
+    pub max_records: usize,
+    /// Upper bound for one commit (flush of outputs plus the broker's
+    /// answer). Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig {
+            interval: Duration::from_millis(100),
+            max_records: 50_000,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Settings for `millrace topics create`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicsConfig {
+    /// Partitions for every topic the pipeline creates. Default 4.
+    pub partitions: i32,
+    /// Replication factor. Default 1 (a single local broker); use 3 in
+    /// production.
+    pub replication_factor: i32,
+    /// Topic-level configs applied at creation (e.g. `retention.ms`).
+    pub config: BTreeMap<String, String>,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            partitions: 4,
+            replication_factor: 1,
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+/// The operations endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address for `/metrics`, `/healthz` and `/readyz`. Default
+    /// `127.0.0.1:9464`; port 0 picks a free port (logged at start).
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".to_string(),
+        }
+    }
+}
+
+/// Graceful shutdown on SIGTERM / SIGINT.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Time allowed to commit the open transaction and leave the group
+    /// before the process gives up and exits with an error. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// The consumer group id.
+    pub fn group_id(&self) -> String {
+        self.kafka
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("millrace-{}", self.pipeline))
+    }
+
+    /// The dead-letter topic.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter
+            .topic
+            .clone()
+            .unwrap_or_else(|| format!("{}-dead-letter", self.pipeline))
+    }
+
+    /// This instance's identity (see [`KafkaConfig::instance_id`]).
+    pub fn instance_id(&self) -> String {
+        self.kafka.instance_id.clone().unwrap_or_else(|| {
+            gethostname::gethostname()
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+
+    /// The transactional id of this instance's producer.
+    pub fn transactional_id(&self) -> String {
+        format!("millrace-{}-{}", self.pipeline, self.instance_id())
+    }
+}
+
+/// A configuration problem, located by file and field path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Field path such as `steps[2].filter`; empty for the whole document.
+    pub path: String,
+    pub message: String,
+}
+
+/// Why a pipeline file was rejected. Lists every problem found, each with
+/// its field path.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display();
+        match self.issues.as_slice() {
+            [one] => write_issue(f, &file.to_string(), one),
+            many => {
+                write!(f, "{file}: {} problems", many.len())?;
+                for issue in many {
+                    f.write_str("\n  ")?;
+                    write_issue(f, &file.to_string(), issue)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn write_issue(f: &mut fmt::Formatter<'_>, file: &str, issue: &ConfigIssue) -> fmt::Result {
+    if issue.path.is_empty() {
+        write!(f, "{file}: {}", issue.message)
+    } else {
+        write!(f, "{file}: {}: {}", issue.path, issue.message)
+    }
+}
+
+impl ConfigError {
+    fn single(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_path_buf(),
+            issues: vec![ConfigIssue {
+                path: path.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// Reads, parses, applies environment overrides and validates a pipeline
+/// file.
+pub fn load(file: &Path) -> Result<PipelineConfig, ConfigError> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::single(file, "", format!("cannot read the file: {e}")))?;
+    let env = |name: &str| std::env::var(name).ok();
+    let config = parse(&text, file, &env)?;
+    let issues = validate(&config);
+    if issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError {
+            file: file.to_path_buf(),
+            issues,
+        })
+    }
+}
+
+/// Parses YAML text and applies environment overrides (`env` looks a
+/// variable up; injected so tests need not touch the process environment).
+pub fn parse(
+    text: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PipelineConfig, ConfigError> {
+    // serde_path_to_error records where in the document deserialization
+    // failed, so the error names the field (e.g. `sinks.out.format`) and not
+    // only the line.
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        Ok(serde_path_to_error::deserialize::<_, PipelineConfig>(de))
+    });
+    let mut config = match parsed {
+        Ok(Ok(config)) => config,
+        Ok(Err(e)) => {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            return Err(ConfigError::single(file, path, e.into_inner().to_string()));
+        }
+        Err(e) => return Err(ConfigError::single(file, "", e.to_string())),
+    };
+    apply_env(&mut config, file, env)?;
+    Ok(config)
+}
+
+fn apply_env(
+    config: &mut PipelineConfig,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(bootstrap) = env(ENV_BOOTSTRAP).filter(|b| !b.trim().is_empty()) {
+        config.kafka.bootstrap = bootstrap;
+    }
+    if let Some(id) = env(ENV_INSTANCE_ID).filter(|b| !b.trim().is_empty()) {
+        config.kafka.instance_id = Some(id);
+    }
+    let sections = [
+        ("kafka.properties", &mut config.kafka.properties),
+        ("kafka.consumer_properties", &mut config.kafka.consumer_properties),
+        ("kafka.producer_properties", &mut config.kafka.producer_properties),
+    ];
+    for (section, properties) in sections {
+        for (name, value) in properties.iter_mut() {
+            *value = expand_env(value, env).map_err(|missing| {
+                ConfigError::single(
+                    file,
+                    format!("{section}.{name}"),
+                    format!("environment variable `{missing}` is not set"),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `${NAME}` with the variable's value; `$${` escapes a literal `${`.
+/// Returns the name of the first unset variable as the error.
+fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        if rest[..start].ends_with('$') {
+            out.push_str(&rest[..start - 1]);
+            out.push_str("${");
+            rest = &rest[start + 2..];
+            continue;
+        }
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            // An unterminated reference is kept literally.
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        out.push_str(&env(name).ok_or_else(|| name.to_string())?);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const MINIMAL: &str = "
+pipeline: demo
+sources:
+  - topic: in
+sinks:
+  out:
+    topic: out
+";
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let c = parse(MINIMAL, Path::new("p.yaml"), &no_env).expect("parses");
+        assert_eq!(c.kafka.bootstrap, "127.0.0.1:9092");
+        assert_eq!(c.group_id(), "millrace-demo");
+        assert_eq!(c.dead_letter_topic(), "demo-dead-letter");
+        assert_eq!(c.commit.interval, Duration::from_millis(100));
+        assert_eq!(c.sources[0].format, Format::Json);
+        assert_eq!(c.sources[0].start, StartPosition::Earliest);
+        assert_eq!(c.topics.partitions, 4);
+        assert!(validate(&c).is_empty());
+    }
+
+    #[test]
+    fn unknown_field_names_its_path() {
+        let text = "
+pipeline: demo
+sources:
+  - topic: in
+    fromat: json
+sinks:
+  out:
+    topic: out
+";
+        let err = parse(text, Path::new("config/p.yaml"), &no_env).unwrap_err();
+        let shown = err.to_string();
+        assert!(shown.starts_with("config/p.yaml: sources[0]"), "{shown}");
+        assert!(shown.contains("fromat"), "{shown}");
+    }
+
+    #[test]
+    fn wrong_type_names_its_path() {
+        let text = "
+pipeline: demo
+sources: [{topic: in}]
+sinks: {out: {topic: out}}
+topics:
+  partitions: many
+";
+        let err = parse(text, Path::new("p.yaml"), &no_env).unwrap_err();
+        assert_eq!(err.issues[0].path, "topics.partitions", "{err}");
+    }
+
+    #[test]
+    fn start_positions_parse() {
+        assert_eq!(StartPosition::parse("latest"), Ok(StartPosition::Latest));
+        assert_eq!(
+            StartPosition::parse("2026-11-01T00:00:00Z"),
+            Ok(StartPosition::Timestamp(1_793_491_200_000))
+        );
+        assert_eq!(
+            StartPosition::parse("1700000000000"),
+            Ok(StartPosition::Timestamp(1_700_000_000_000))
+        );
+        assert!(StartPosition::parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn bad_start_names_its_path() {
+        let text = "
+pipeline: demo
+sources: [{topic: in, start: yesterday}]
+sinks: {out: {topic: out}}
+";
+        let err = parse(text, Path::new("p.yaml"), &no_env).unwrap_err();
+        assert_eq!(err.issues[0].path, "sources[0].start", "{err}");
+        assert!(err.to_string().contains("yesterday"));
+    }
+
+    #[test]
+    fn environment_overrides_bootstrap_and_expands_secrets() {
+        let text = "
+pipeline: demo
+kafka:
+  bootstrap: kafka:9092
+  properties:
+    sasl.password: ${KAFKA_PASSWORD}
+    note: literal $${NOT_A_VAR}
+sources: [{topic: in}]
+sinks: {out: {topic: out}}
+";
+        let env = |name: &str| match name {
+            "MILLRACE_BOOTSTRAP" => Some("10.0.0.1:9092".to_string()),
+            "KAFKA_PASSWORD" => Some("s3cret".to_string()),
+            _ => None,
+        };
+        let c = parse(text, Path::new("p.yaml"), &env).expect("parses");
+        assert_eq!(c.kafka.bootstrap, "10.0.0.1:9092");
+        assert_eq!(c.kafka.properties["sasl.password"], "s3cret");
+        assert_eq!(c.kafka.properties["note"], "literal ${NOT_A_VAR}");
+    }
+
+    #[test]
+    fn missing_secret_names_the_property() {
+        let text = "
+pipeline: demo
+kafka:
+  properties:
+    sasl.password: ${KAFKA_PASSWORD}
+sources: [{topic: in}]
+sinks: {out: {topic: out}}
+";
+        let err = parse(text, Path::new("p.yaml"), &no_env).unwrap_err();
+        assert_eq!(err.issues[0].path, "kafka.properties.sasl.password");
+        assert!(err.to_string().contains("KAFKA_PASSWORD"));
+    }
+}

@@ -1,0 +1,23 @@
+//! Millrace: an exactly-once stream processor that runs beside Apache Kafka
+//! or Redpanda.
+//!
+//! Where to look:
+//! - [`config`]: the pipeline file, its defaults and its validation.
+//! - [`pipeline`] and [`steps`]: what happens to a record (decode, steps,
+//!   encode), without any I/O.
+//! - [`expr`]: CEL expressions used by steps.
+//! - [`runtime`]: the Kafka side — the processing loop, the transaction that
+//!   commits outputs and offsets together, rebalance handling.
+//! - [`ops`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod expr;
+pub mod format;
+pub mod logging;
+pub mod metrics;
+pub mod ops;
+pub mod pipeline;
+pub mod runtime;
+pub mod steps;

@@ -1,0 +1,371 @@
+//! A pipeline as it runs: the steps built from the config, the sinks, and
+//! [`Pipeline::process`], which turns one consumed record into the records
+//! to produce, or into the reason it must go to the dead-letter topic.
+//!
+//! Nothing here touches Kafka; the runtime feeds records in and produces
+//! what comes out, so this is tested without a broker.
+
+use std::fmt;
+
+use crate::config::{Format, PipelineConfig, SourceConfig};
+use crate::expr::{Expr, Scope, json_to_key};
+use crate::format;
+use crate::steps::{self, Operator, Origin, Record, StepContext};
+
+/// A record ready to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub timestamp: Option<i64>,
+}
+
+/// Why a record goes to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// A short stable word for dashboards and alerts.
+    pub reason: FailureReason,
+    /// The step that failed, as `steps[i] (kind)`, or the sink.
+    pub at: String,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+/// Kinds of dead-letter reasons; stable strings in the `millrace.reason`
+/// header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The value could not be decoded.
+    Decode,
+    /// An expression failed or returned the wrong type.
+    Eval,
+    /// A route named a sink that does not exist.
+    Route,
+    /// The result could not be encoded, or the broker refused it.
+    Encode,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Decode => "decode",
+            FailureReason::Eval => "eval",
+            FailureReason::Route => "route",
+            FailureReason::Encode => "encode",
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} at {}: {}", self.reason.as_str(), self.at, self.message)
+    }
+}
+
+struct Sink {
+    name: String,
+    topic: String,
+    format: Format,
+    key: Option<Expr>,
+}
+
+/// A built pipeline.
+pub struct Pipeline {
+    scope: Scope,
+    sources: Vec<SourceConfig>,
+    steps: Vec<Box<dyn Operator>>,
+    sinks: Vec<Sink>,
+    dead_letter_topic: String,
+}
+
+/// A problem found while building, located by field path.
+pub type BuildIssue = (String, String);
+
+impl Pipeline {
+    /// Builds the steps and sinks of a parsed config. Returns every problem
+    /// found, each with its field path.
+    pub fn build(config: &PipelineConfig) -> Result<Pipeline, Vec<BuildIssue>> {
+        let mut issues = Vec::new();
+        let mut steps_built = Vec::new();
+        for (i, step) in config.steps.iter().enumerate() {
+            match steps::build(step) {
+                Ok(op) => steps_built.push(op),
+                Err(e) => issues.push((format!("steps[{i}].{}", step.kind()), e)),
+            }
+        }
+        let mut sinks = Vec::new();
+        for (name, sink) in &config.sinks {
+            let key = match sink.key.as_deref().map(Expr::compile).transpose() {
+                Ok(key) => key,
+                Err(e) => {
+                    issues.push((format!("sinks.{name}.key"), e));
+                    None
+                }
+            };
+            sinks.push(Sink {
+                name: name.clone(),
+                topic: sink.topic.clone(),
+                format: sink.format,
+                key,
+            });
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        Ok(Pipeline {
+            scope: Scope::default(),
+            sources: config.sources.clone(),
+            steps: steps_built,
+            sinks,
+            dead_letter_topic: config.dead_letter_topic(),
+        })
+    }
+
+    /// The format of a source topic (JSON for topics not configured, which
+    /// cannot happen with a subscription built from the same config).
+    fn source_format(&self, topic: &str) -> Format {
+        self.sources
+            .iter()
+            .find(|s| s.topic == topic)
+            .map(|s| s.format)
+            .unwrap_or_default()
+    }
+
+    /// The dead-letter topic.
+    pub fn dead_letter_topic(&self) -> &str {
+        &self.dead_letter_topic
+    }
+
+    /// Every topic this pipeline writes to.
+    pub fn output_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.sinks.iter().map(|s| s.topic.clone()).collect();
+        topics.push(self.dead_letter_topic.clone());
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// Runs one consumed record through the steps and encodes what comes out
+    /// for its sinks. All or nothing: on any failure the caller dead-letters
+    /// the input record and produces none of its outputs.
+    pub fn process(
+        &mut self,
+        origin: &Origin,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        timestamp: Option<i64>,
+    ) -> Result<Vec<Output>, Failure> {
+        let value = format::decode(self.source_format(&origin.topic), payload).map_err(|message| {
+            Failure {
+                reason: FailureReason::Decode,
+                at: format!("source {}", origin.topic),
+                message,
+            }
+        })?;
+        let mut records = vec![Record {
+            key: key.map(<[u8]>::to_vec),
+            value,
+            timestamp,
+            route: None,
+        }];
+        let ctx = StepContext {
+            scope: &self.scope,
+            origin,
+        };
+        for (i, step) in self.steps.iter_mut().enumerate() {
+            let mut next = Vec::with_capacity(records.len());
+            for record in records {
+                step.process(&ctx, record, &mut next).map_err(|message| Failure {
+                    reason: FailureReason::Eval,
+                    at: format!("steps[{i}] ({})", step.kind()),
+                    message,
+                })?;
+            }
+            records = next;
+        }
+        let mut outputs = Vec::new();
+        for record in &records {
+            match &record.route {
+                None => {
+                    for sink in &self.sinks {
+                        outputs.push(encode_for(sink, &self.scope, &ctx, record)?);
+                    }
+                }
+                Some(name) => {
+                    let sink = self.sinks.iter().find(|s| &s.name == name).ok_or_else(|| {
+                        let known: Vec<&str> = self.sinks.iter().map(|s| s.name.as_str()).collect();
+                        Failure {
+                            reason: FailureReason::Route,
+                            at: "route".to_string(),
+                            message: format!(
+                                "no sink named `{name}` (sinks: {})",
+                                known.join(", ")
+                            ),
+                        }
+                    })?;
+                    outputs.push(encode_for(sink, &self.scope, &ctx, record)?);
+                }
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// The operator graph, as `millrace validate` prints it.
+    pub fn describe(&self, config: &PipelineConfig) -> String {
+        let mut out = String::new();
+        out.push_str(&format!("pipeline {}\n", config.pipeline));
+        out.push_str(&format!(
+            "  group {}, transactional id {}, commit every {:?}\n",
+            config.group_id(),
+            config.transactional_id(),
+            config.commit.interval
+        ));
+        for source in &self.sources {
+            out.push_str(&format!(
+                "  source  {} ({}, start {})\n",
+                source.topic, source.format, source.start
+            ));
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            out.push_str(&format!("    [{i}] {}\n", step.describe()));
+        }
+        let routed = self.steps.iter().any(|s| s.kind() == "route");
+        out.push_str(if routed {
+            "  to the sink the route names:\n"
+        } else {
+            "  to every sink:\n"
+        });
+        for sink in &self.sinks {
+            let key = sink
+                .key
+                .as_ref()
+                .map(|k| format!(", key {k}"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  sink    {} -> {} ({}{key})\n",
+                sink.name, sink.topic, sink.format
+            ));
+        }
+        out.push_str(&format!("  dead letters -> {}\n", self.dead_letter_topic));
+        out
+    }
+}
+
+fn encode_for(
+    sink: &Sink,
+    scope: &Scope,
+    ctx: &StepContext<'_>,
+    record: &Record,
+) -> Result<Output, Failure> {
+    let key = match &sink.key {
+        None => record.key.clone(),
+        Some(expr) => {
+            let value = expr.eval(scope, &ctx.input(record)).map_err(|message| Failure {
+                reason: FailureReason::Eval,
+                at: format!("sinks.{}.key", sink.name),
+                message,
+            })?;
+            json_to_key(&value)
+        }
+    };
+    let payload = format::encode(sink.format, &record.value).map_err(|message| Failure {
+        reason: FailureReason::Encode,
+        at: format!("sinks.{}", sink.name),
+        message,
+    })?;
+    Ok(Output {
+        topic: sink.topic.clone(),
+        key,
+        payload,
+        timestamp: record.timestamp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+    use std::path::Path;
+
+    fn pipeline(yaml: &str) -> Pipeline {
+        let config = parse(yaml, Path::new("t.yaml"), &|_| None).expect("parses");
+        Pipeline::build(&config).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            topic: "in".into(),
+            partition: 1,
+            offset: 9,
+        }
+    }
+
+    const ROUTED: &str = r#"
+pipeline: p
+sources: [{topic: in}]
+steps:
+  - filter: "value.v != 3"
+  - set: {double: "value.v * 2"}
+  - rekey: "value.device"
+  - route: 'value.v > 5 ? "high" : (value.v < 0 ? "nowhere" : "low")'
+sinks:
+  high: {topic: out-high}
+  low: {topic: out-low, key: '"fixed"'}
+"#;
+
+    #[test]
+    fn records_flow_through_steps_to_the_routed_sink() {
+        let mut p = pipeline(ROUTED);
+        let out = p
+            .process(&origin(), Some(b"k"), Some(br#"{"v": 7, "device": "d1"}"#), Some(5))
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].topic, "out-high");
+        assert_eq!(out[0].key.as_deref(), Some(&b"d1"[..]));
+        let v: serde_json::Value = serde_json::from_slice(&out[0].payload).unwrap();
+        assert_eq!(v, serde_json::json!({"v": 7, "device": "d1", "double": 14}));
+        assert_eq!(out[0].timestamp, Some(5));
+
+        let out = p
+            .process(&origin(), None, Some(br#"{"v": 1, "device": "d1"}"#), None)
+            .unwrap();
+        assert_eq!(out[0].topic, "out-low");
+        assert_eq!(out[0].key.as_deref(), Some(&b"fixed"[..]));
+    }
+
+    #[test]
+    fn filtered_records_produce_nothing() {
+        let mut p = pipeline(ROUTED);
+        let out = p.process(&origin(), None, Some(br#"{"v": 3, "device": "d"}"#), None);
+        assert_eq!(out, Ok(vec![]));
+    }
+
+    #[test]
+    fn failures_say_where_and_why() {
+        let mut p = pipeline(ROUTED);
+        let e = p.process(&origin(), None, Some(b"nope"), None).unwrap_err();
+        assert_eq!(e.reason, FailureReason::Decode);
+        let e = p.process(&origin(), None, Some(br#"{"w": 1}"#), None).unwrap_err();
+        assert_eq!((e.reason, e.at.as_str()), (FailureReason::Eval, "steps[0] (filter)"));
+        let e = p
+            .process(&origin(), None, Some(br#"{"v": -1, "device": "d"}"#), None)
+            .unwrap_err();
+        assert_eq!(e.reason, FailureReason::Route);
+        assert!(e.message.contains("nowhere"), "{e}");
+    }
+
+    #[test]
+    fn without_route_every_sink_gets_the_record() {
+        let mut p = pipeline(
+            "
+pipeline: p
+sources: [{topic: in}]
+sinks: {a: {topic: ta}, b: {topic: tb}}
+",
+        );
+        let out = p.process(&origin(), None, Some(b"{}"), None).unwrap();
+        let topics: Vec<&str> = out.iter().map(|o| o.topic.as_str()).collect();
+        assert_eq!(topics, ["ta", "tb"]);
+    }
+}

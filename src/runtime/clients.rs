@@ -1,0 +1,59 @@
+//! librdkafka settings for the consumer, the transactional producer and
+//! the admin client. The properties exactly-once depends on are set here
+//! and nowhere else (the config validator refuses user values for them).
+
+use rdkafka::ClientConfig;
+
+use crate::config::PipelineConfig;
+
+fn base(config: &PipelineConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.kafka.bootstrap);
+    client.set("client.id", format!("millrace-{}", config.pipeline));
+    for (name, value) in &config.kafka.properties {
+        client.set(name, value);
+    }
+    client
+}
+
+/// The consumer: offsets are committed only through the producer's
+/// transaction, and only committed records are read.
+pub fn consumer(config: &PipelineConfig) -> ClientConfig {
+    let mut client = base(config);
+    client
+        .set("group.id", config.group_id())
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        // Used only when a committed offset has fallen out of retention; the
+        // start position of a new group is chosen per source at assignment.
+        .set("auto.offset.reset", "earliest")
+        // Feeds the consumer-lag gauge.
+        .set("statistics.interval.ms", "5000");
+    if config.kafka.static_membership {
+        client.set("group.instance.id", config.instance_id());
+    }
+    for (name, value) in &config.kafka.consumer_properties {
+        client.set(name, value);
+    }
+    client
+}
+
+/// The transactional producer. Its id is stable per instance so that a
+/// restarted instance fences its predecessor and aborts its open
+/// transaction at once, instead of waiting for the transaction timeout.
+pub fn producer(config: &PipelineConfig) -> ClientConfig {
+    let mut client = base(config);
+    client
+        .set("transactional.id", config.transactional_id())
+        .set("enable.idempotence", "true");
+    for (name, value) in &config.kafka.producer_properties {
+        client.set(name, value);
+    }
+    client
+}
+
+/// An admin client for topic management.
+pub fn admin(config: &PipelineConfig) -> ClientConfig {
+    base(config)
+}

@@ -1,0 +1,326 @@
+//! Runs a pipeline against Kafka, exactly once.
+//!
+//! One OS thread owns the consumer, the transactional producer and the
+//! pipeline. Each turn of its loop reads one record, runs it through the
+//! pipeline, produces the outputs (or the dead letter) inside the open
+//! transaction and notes the consumed offset there too; every
+//! `commit.interval` the transaction commits outputs and offsets at once
+//! (see [`transaction`]). When anything goes wrong with the clients, the
+//! open transaction is aborted and both clients are rebuilt, so processing
+//! resumes from the last committed offsets: nothing is lost and, since the
+//! aborted outputs are invisible to `read_committed` readers, nothing is
+//! duplicated.
+
+mod clients;
+pub mod dead_letter;
+mod rebalance;
+pub mod transaction;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::BaseProducer;
+use rdkafka::util::Timeout;
+use tracing::{error, info, warn};
+
+pub use clients::admin as admin_client_config;
+use rebalance::{EosContext, lock};
+use transaction::{DeliveryLog, Transaction, TxnError};
+
+use crate::config::PipelineConfig;
+use crate::metrics::Metrics;
+use crate::ops::Health;
+use crate::pipeline::{Failure, FailureReason, Output, Pipeline};
+use crate::steps::Origin;
+
+/// How long one poll waits for a record when none is buffered.
+const POLL_WAIT: Duration = Duration::from_millis(20);
+/// Bytes librdkafka adds around a record; kept free under
+/// `message.max.bytes` when checking output sizes.
+const RECORD_OVERHEAD: usize = 512;
+/// Longest wait between two attempts to rebuild the clients.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why one incarnation of the clients ended.
+enum Ended {
+    /// Shutdown was requested and the last transaction committed.
+    Stopped,
+}
+
+/// Runs the pipeline until `stop` is set. Rebuilds the clients after
+/// recoverable errors; returns an error only for conditions a restart will
+/// not fix (missing topics, bad configuration seen by the broker).
+pub fn run(
+    config: &PipelineConfig,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut pipeline = Pipeline::build(config).map_err(|issues| {
+        let lines: Vec<String> = issues.iter().map(|(p, m)| format!("{p}: {m}")).collect();
+        anyhow::anyhow!("pipeline does not build: {}", lines.join("; "))
+    })?;
+    check_topics(config, &pipeline)?;
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = Instant::now();
+        match run_once(config, &mut pipeline, &metrics, &health, &stop) {
+            Ok(Ended::Stopped) => return Ok(()),
+            Err(e) => {
+                metrics.restarts.inc();
+                health.set_not_ready(format!("rebuilding Kafka clients after: {e:#}"));
+                if stop.load(Ordering::SeqCst) {
+                    warn!(error = %format!("{e:#}"), "error while stopping");
+                    return Ok(());
+                }
+                // A long healthy run resets the backoff.
+                if started.elapsed() > MAX_BACKOFF {
+                    backoff = Duration::from_millis(500);
+                }
+                warn!(error = %format!("{e:#}"), retry_in = ?backoff, "rebuilding Kafka clients");
+                sleep_unless_stopped(backoff, &stop);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + total;
+    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fails fast, naming the topic, when a source or output topic is missing.
+fn check_topics(config: &PipelineConfig, pipeline: &Pipeline) -> anyhow::Result<()> {
+    let admin: BaseConsumer = clients::admin(config)
+        .create()
+        .context("creating the metadata client")?;
+    let metadata = admin
+        .fetch_metadata(None, Timeout::After(Duration::from_secs(30)))
+        .with_context(|| format!("reading metadata from {}", config.kafka.bootstrap))?;
+    let existing: std::collections::HashSet<&str> =
+        metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name()).collect();
+    let mut wanted: Vec<String> = config.sources.iter().map(|s| s.topic.clone()).collect();
+    wanted.extend(pipeline.output_topics());
+    let missing: Vec<&String> = wanted.iter().filter(|t| !existing.contains(t.as_str())).collect();
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+        bail!(
+            "topics do not exist: {}; create them with `millrace topics create --config <file>`",
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// One incarnation of the clients: build, subscribe, process until stopped
+/// or broken.
+fn run_once(
+    config: &PipelineConfig,
+    pipeline: &mut Pipeline,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    stop: &AtomicBool,
+) -> anyhow::Result<Ended> {
+    health.set_not_ready("starting the transactional producer");
+    let producer: BaseProducer<DeliveryLog> = clients::producer(config)
+        .create_with_context(DeliveryLog)
+        .context("creating the producer")?;
+    let max_bytes = producer
+        .client()
+        .native_client()
+        .get_config("message.max.bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1_000_000);
+    let txn = Transaction::init(producer, metrics.clone(), config.commit.timeout)?;
+    let txn = Arc::new(Mutex::new(Some(txn)));
+
+    health.set_not_ready("joining the consumer group");
+    let context = EosContext {
+        txn: txn.clone(),
+        starts: config
+            .sources
+            .iter()
+            .map(|s| (s.topic.clone(), s.start))
+            .collect(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+    };
+    let consumer: BaseConsumer<EosContext> = clients::consumer(config)
+        .create_with_context(context)
+        .context("creating the consumer")?;
+    let topics: Vec<&str> = config.sources.iter().map(|s| s.topic.as_str()).collect();
+    consumer.subscribe(&topics).context("subscribing")?;
+    info!(
+        pipeline = %config.pipeline,
+        group = %config.group_id(),
+        transactional_id = %config.transactional_id(),
+        topics = ?topics,
+        "processing"
+    );
+
+    let mut worker = Worker {
+        config,
+        pipeline,
+        txn: &txn,
+        max_bytes: max_bytes.saturating_sub(RECORD_OVERHEAD),
+    };
+    let result = worker.process_until_stopped(&consumer, health, stop);
+    health.set_not_ready(if result.is_ok() { "stopping" } else { "recovering" });
+    if result.is_err() {
+        // Abort first, so that closing the consumer (which revokes the
+        // partitions and would commit) has nothing to commit.
+        if let Some(t) = lock(&txn).as_mut() {
+            t.abort();
+        }
+    }
+    *lock(&txn) = None;
+    // Dropping the consumer closes it: it leaves the group, so another
+    // instance can take the partitions without waiting for a timeout.
+    drop(consumer);
+    result
+}
+
+struct Worker<'a> {
+    config: &'a PipelineConfig,
+    pipeline: &'a mut Pipeline,
+    txn: &'a Mutex<Option<Transaction>>,
+    max_bytes: usize,
+}
+
+impl Worker<'_> {
+    fn process_until_stopped(
+        &mut self,
+        consumer: &BaseConsumer<EosContext>,
+        health: &Health,
+        stop: &AtomicBool,
+    ) -> anyhow::Result<Ended> {
+        loop {
+            health.turn();
+            if stop.load(Ordering::SeqCst) {
+                self.commit(consumer)?;
+                info!("stopped after committing the open transaction");
+                return Ok(Ended::Stopped);
+            }
+            // Never poll while holding the transaction: the rebalance
+            // callback, which runs inside poll, needs it.
+            let polled = consumer.poll(POLL_WAIT);
+            if let Some(why) = self.with_txn(|t| Ok(t.take_failure()))? {
+                bail!(why);
+            }
+            match polled {
+                None => {}
+                Some(Ok(message)) => self.handle(&message)?,
+                Some(Err(e)) => {
+                    if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) {
+                        bail!("consumer fatal error: {e}");
+                    }
+                    // Other consumer errors are transient (librdkafka
+                    // retries them itself); they are worth a log line.
+                    warn!(error = %e, "consumer error");
+                }
+            }
+            let due = self.with_txn(|t| {
+                t.poll();
+                Ok(t.is_due(self.config.commit.interval, self.config.commit.max_records))
+            })?;
+            if due {
+                self.commit(consumer)?;
+            }
+        }
+    }
+
+    fn with_txn<R>(
+        &self,
+        f: impl FnOnce(&mut Transaction) -> Result<R, TxnError>,
+    ) -> anyhow::Result<R> {
+        let mut slot = lock(self.txn);
+        let txn = slot
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the transaction is closed"))?;
+        Ok(f(txn)?)
+    }
+
+    fn commit(&self, consumer: &BaseConsumer<EosContext>) -> anyhow::Result<()> {
+        let group = consumer
+            .group_metadata()
+            .ok_or_else(|| anyhow::anyhow!("consumer has no group metadata"))?;
+        self.with_txn(|t| t.commit(&group))
+    }
+
+    /// Processes one record: its outputs, or its dead letter, and its offset,
+    /// all into the open transaction.
+    fn handle(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let origin = Origin {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        let timestamp = message.timestamp().to_millis();
+        let result = self
+            .pipeline
+            .process(&origin, message.key(), message.payload(), timestamp)
+            .and_then(|outputs| self.check_sizes(outputs));
+        let pipeline_name = &self.config.pipeline;
+        let dead_letter_topic = self.pipeline.dead_letter_topic().to_string();
+        self.with_txn(|txn| {
+            match result {
+                Ok(outputs) => {
+                    for out in outputs {
+                        txn.send(&out.topic, out.key.as_deref(), &out.payload, out.timestamp, None)?;
+                        txn.count_output(&out.topic);
+                    }
+                }
+                Err(failure) => {
+                    let headers = dead_letter::headers(
+                        pipeline_name,
+                        &origin,
+                        timestamp,
+                        &failure,
+                        message.headers(),
+                    );
+                    txn.send(
+                        &dead_letter_topic,
+                        message.key(),
+                        message.payload().unwrap_or_default(),
+                        timestamp,
+                        Some(headers),
+                    )?;
+                    txn.count_dead_letter(&origin.topic, failure.reason.as_str());
+                }
+            }
+            txn.consumed(&origin.topic, origin.partition, origin.offset)
+        })
+    }
+
+    /// Outputs too large for the producer go to the dead-letter topic
+    /// instead (the broker would refuse them and the transaction would abort
+    /// forever on the same record).
+    fn check_sizes(&self, outputs: Vec<Output>) -> Result<Vec<Output>, Failure> {
+        for out in &outputs {
+            let size = out.payload.len() + out.key.as_ref().map_or(0, Vec::len);
+            if size > self.max_bytes {
+                return Err(Failure {
+                    reason: FailureReason::Encode,
+                    at: format!("output to {}", out.topic),
+                    message: format!(
+                        "the output record is {size} bytes; the producer's limit is {}",
+                        self.max_bytes
+                    ),
+                });
+            }
+        }
+        Ok(outputs)
+    }
+}
+
+/// Logs an error that ends the process.
+pub fn report_fatal(e: &anyhow::Error) {
+    error!(error = %format!("{e:#}"), "pipeline stopped");
+}

@@ -1,0 +1,180 @@
+//! The consumer's callbacks: what happens when partitions come and go.
+//!
+//! On revocation the open transaction commits *before* the partitions are
+//! released, so the next owner starts exactly where this instance stopped.
+//! On assignment, partitions the group has never committed start where
+//! their source's `start` says (earliest, latest or a point in time).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{error, info, warn};
+
+use super::transaction::Transaction;
+use crate::config::StartPosition;
+use crate::metrics::Metrics;
+use crate::ops::Health;
+
+/// How long assignment may wait for the broker to answer offset lookups.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The consumer context shared with the processing loop.
+pub struct EosContext {
+    pub txn: Arc<Mutex<Option<Transaction>>>,
+    pub starts: HashMap<String, StartPosition>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+/// Locks the transaction slot, surviving a poisoned lock (a panic elsewhere
+/// must not hide the state from shutdown).
+pub fn lock(txn: &Mutex<Option<Transaction>>) -> MutexGuard<'_, Option<Transaction>> {
+    txn.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ClientContext for EosContext {
+    fn stats(&self, stats: Statistics) {
+        // Lag as the application sees it: from the next record it will be
+        // handed to the last stable offset (read_committed's end).
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 {
+                    continue;
+                }
+                let labels = [topic.as_str(), &partition.to_string()];
+                if p.app_offset >= 0 && p.ls_offset >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&labels)
+                        .set((p.ls_offset - p.app_offset).max(0));
+                }
+            }
+        }
+    }
+}
+
+impl EosContext {
+    fn fail(&self, why: String) {
+        error!(reason = %why, "rebalance failed; the clients will be rebuilt");
+        match lock(&self.txn).as_mut() {
+            Some(txn) => txn.set_failure(why),
+            None => warn!("no transaction to record the failure on"),
+        }
+    }
+
+    /// Commits the open transaction before partitions are given up.
+    fn commit_before_revoke(&self, consumer: &BaseConsumer<Self>) {
+        let Some(group) = consumer.group_metadata() else {
+            self.fail("no group metadata at revocation".into());
+            return;
+        };
+        let mut slot = lock(&self.txn);
+        if let Some(txn) = slot.as_mut() {
+            if let Err(e) = txn.commit(&group) {
+                txn.set_failure(format!("commit at revocation: {e}"));
+            }
+        }
+    }
+
+    /// Sets the start offset of every assigned partition the group has not
+    /// committed, according to its source's `start`.
+    fn resolve_starts(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        assigned: &mut TopicPartitionList,
+    ) -> KafkaResult<()> {
+        let committed = consumer.committed_offsets(assigned.clone(), LOOKUP_TIMEOUT)?;
+        let mut by_time = TopicPartitionList::new();
+        for element in committed.elements() {
+            let (topic, partition) = (element.topic(), element.partition());
+            let offset = match element.offset() {
+                Offset::Offset(n) => Offset::Offset(n),
+                _ => match self.starts.get(topic).copied().unwrap_or_default() {
+                    StartPosition::Earliest => Offset::Beginning,
+                    StartPosition::Latest => Offset::End,
+                    StartPosition::Timestamp(ms) => {
+                        by_time.add_partition_offset(topic, partition, Offset::Offset(ms))?;
+                        continue;
+                    }
+                },
+            };
+            assigned.set_partition_offset(topic, partition, offset)?;
+        }
+        if by_time.count() > 0 {
+            let found = consumer.offsets_for_times(by_time, LOOKUP_TIMEOUT)?;
+            for element in found.elements() {
+                // No record at or after the time: start at the end.
+                let offset = match element.offset() {
+                    Offset::Offset(n) if n >= 0 => Offset::Offset(n),
+                    _ => Offset::End,
+                };
+                assigned.set_partition_offset(element.topic(), element.partition(), offset)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ConsumerContext for EosContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = consumer.rebalance_protocol() == RebalanceProtocol::Cooperative;
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Err(e) = self.resolve_starts(consumer, tpl) {
+                    // Assign anyway so the group can settle; the loop sees
+                    // the failure before it reads anything and rebuilds.
+                    self.fail(format!("resolving start offsets: {e}"));
+                }
+                let result = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                if let Err(e) = result {
+                    self.fail(format!("assign: {e}"));
+                }
+                let total = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+                self.metrics.assigned_partitions.set(total as i64);
+                info!(added = tpl.count(), total, "partitions assigned");
+                self.health.set_ready();
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.commit_before_revoke(consumer);
+                for element in tpl.elements() {
+                    let _ = self.metrics.consumer_lag.remove_label_values(&[
+                        element.topic(),
+                        &element.partition().to_string(),
+                    ]);
+                }
+                let result = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = result {
+                    self.fail(format!("unassign: {e}"));
+                }
+                let total = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+                self.metrics.assigned_partitions.set(total as i64);
+                info!(revoked = tpl.count(), total, "partitions revoked");
+            }
+            other => {
+                self.fail(format!("rebalance error {other:?}"));
+                if let Err(e) = consumer.unassign() {
+                    warn!(error = %e, "unassign after a rebalance error");
+                }
+            }
+        }
+    }
+}

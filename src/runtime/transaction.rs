@@ -1,0 +1,303 @@
+//! The open Kafka transaction: outputs, dead letters and consumed offsets
+//! of one commit interval, committed together or not at all.
+//!
+//! This is where exactly-once happens. The consumer's offsets are never
+//! committed on their own: they go into the producer's transaction with
+//! `send_offsets_to_transaction` (KIP-447, with the consumer's group
+//! metadata so a zombie from an older generation is fenced), and the
+//! outputs become visible to `read_committed` readers at the same instant
+//! the offsets move.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+
+/// Why a transaction could not be committed. Either way the transaction's
+/// effects are gone and the records must be read again, which the caller
+/// does by rebuilding its clients from the committed offsets.
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    /// The transaction was aborted (for example a delivery failed or the
+    /// group generation moved on); the producer is still usable.
+    #[error("transaction aborted: {0}")]
+    Aborted(String),
+    /// The producer is fenced or broken and must be recreated.
+    #[error("producer failed: {0}")]
+    Fatal(String),
+}
+
+/// Logs delivery failures; their effect on the transaction is reported by
+/// `commit_transaction`, which fails if any delivery did.
+pub struct DeliveryLog;
+
+impl ClientContext for DeliveryLog {}
+
+impl ProducerContext for DeliveryLog {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            warn!(error = %e, "delivery failed; the transaction will abort");
+        }
+    }
+}
+
+/// Counts that become metrics when (and only if) the transaction commits.
+#[derive(Default)]
+struct PendingCounts {
+    records_in: HashMap<String, u64>,
+    records_out: HashMap<String, u64>,
+    dead_lettered: HashMap<(String, &'static str), u64>,
+}
+
+/// The producer and everything in its open transaction.
+pub struct Transaction {
+    producer: BaseProducer<DeliveryLog>,
+    open: bool,
+    opened_at: Instant,
+    /// Next offset to read, per consumed partition.
+    offsets: BTreeMap<(String, i32), i64>,
+    consumed: usize,
+    counts: PendingCounts,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+    /// Set when a commit from a rebalance callback failed: the callback
+    /// cannot return an error, so the processing loop picks it up here.
+    failure: Option<String>,
+}
+
+/// How long `send` waits for room in the producer queue before giving up.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(100);
+
+impl Transaction {
+    /// Creates the producer and registers its transactional id, which fences
+    /// any older producer with the same id and aborts its open transaction.
+    pub fn init(
+        producer: BaseProducer<DeliveryLog>,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+    ) -> Result<Transaction, TxnError> {
+        producer
+            .init_transactions(timeout)
+            .map_err(|e| TxnError::Fatal(format!("init_transactions: {e}")))?;
+        Ok(Transaction {
+            producer,
+            open: false,
+            opened_at: Instant::now(),
+            offsets: BTreeMap::new(),
+            consumed: 0,
+            counts: PendingCounts::default(),
+            metrics,
+            timeout,
+            failure: None,
+        })
+    }
+
+    fn ensure_open(&mut self) -> Result<(), TxnError> {
+        if !self.open {
+            self.producer
+                .begin_transaction()
+                .map_err(|e| TxnError::Fatal(format!("begin_transaction: {e}")))?;
+            self.open = true;
+            self.opened_at = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Produces one record inside the transaction.
+    pub fn send(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        timestamp: Option<i64>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), TxnError> {
+        self.ensure_open()?;
+        let mut record = BaseRecord::to(topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(ts) = timestamp {
+            record = record.timestamp(ts);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue is full: serve delivery reports until
+                    // there is room. Backpressure, not an error.
+                    record = back;
+                    self.producer.poll(QUEUE_FULL_WAIT);
+                }
+                // Oversized records are caught before this point, so a
+                // refusal here is not about the record: rebuild and retry.
+                Err((e, _)) => return Err(TxnError::Aborted(format!("produce to {topic}: {e}"))),
+            }
+        }
+    }
+
+    /// Counts an output toward the metrics of this transaction.
+    pub fn count_output(&mut self, topic: &str) {
+        *self.counts.records_out.entry(topic.to_string()).or_default() += 1;
+    }
+
+    /// Counts a dead letter toward the metrics of this transaction.
+    pub fn count_dead_letter(&mut self, source_topic: &str, reason: &'static str) {
+        *self
+            .counts
+            .dead_lettered
+            .entry((source_topic.to_string(), reason))
+            .or_default() += 1;
+    }
+
+    /// Records that `offset` of a partition was fully processed.
+    pub fn consumed(&mut self, topic: &str, partition: i32, offset: i64) -> Result<(), TxnError> {
+        self.ensure_open()?;
+        self.offsets.insert((topic.to_string(), partition), offset + 1);
+        self.consumed += 1;
+        *self.counts.records_in.entry(topic.to_string()).or_default() += 1;
+        Ok(())
+    }
+
+    /// Whether the open transaction should commit now.
+    pub fn is_due(&self, interval: Duration, max_records: usize) -> bool {
+        self.open && (self.consumed >= max_records || self.opened_at.elapsed() >= interval)
+    }
+
+    /// Serves delivery reports; call often.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Takes the failure recorded by a rebalance callback, if any.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
+    }
+
+    /// Records a failure from a context that cannot return one.
+    pub fn set_failure(&mut self, why: String) {
+        self.failure.get_or_insert(why);
+    }
+
+    /// Commits outputs and offsets together. On error the transaction is
+    /// aborted (if the producer still can) and its effects are gone.
+    pub fn commit(&mut self, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
+        if !self.open {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let result = self.try_commit(group);
+        match &result {
+            Ok(()) => {
+                self.metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .transactions
+                    .with_label_values(&["committed"])
+                    .inc();
+                let counts = std::mem::take(&mut self.counts);
+                for (topic, n) in counts.records_in {
+                    self.metrics.records_in.with_label_values(&[&topic]).inc_by(n);
+                }
+                for (topic, n) in counts.records_out {
+                    self.metrics.records_out.with_label_values(&[&topic]).inc_by(n);
+                }
+                for ((topic, reason), n) in counts.dead_lettered {
+                    self.metrics
+                        .records_dead_lettered
+                        .with_label_values(&[&topic, reason])
+                        .inc_by(n);
+                }
+                debug!(records = self.consumed, "transaction committed");
+                self.reset();
+            }
+            Err(e) => {
+                warn!(error = %e, "commit failed");
+                self.abort();
+            }
+        }
+        result
+    }
+
+    fn try_commit(&mut self, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(|e| TxnError::Fatal(format!("offset list: {e}")))?;
+        }
+        let deadline = Instant::now() + self.timeout;
+        if tpl.count() > 0 {
+            retry_until(deadline, || {
+                self.producer
+                    .send_offsets_to_transaction(&tpl, group, remaining(deadline))
+            })?;
+        }
+        retry_until(deadline, || self.producer.commit_transaction(remaining(deadline)))
+    }
+
+    /// Aborts the open transaction, if any. Errors are logged: after an
+    /// abort failure the producer is unusable and will be rebuilt anyway.
+    pub fn abort(&mut self) {
+        if self.open {
+            match self.producer.abort_transaction(self.timeout) {
+                Ok(()) => self
+                    .metrics
+                    .transactions
+                    .with_label_values(&["aborted"])
+                    .inc(),
+                Err(e) => warn!(error = %e, "abort failed; the producer will be rebuilt"),
+            }
+        }
+        self.reset();
+    }
+
+    fn reset(&mut self) {
+        self.open = false;
+        self.offsets.clear();
+        self.consumed = 0;
+        self.counts = PendingCounts::default();
+    }
+}
+
+fn remaining(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1))
+}
+
+/// Runs a transactional call, retrying while librdkafka calls the error
+/// retriable and time is left, and classifies the final error.
+fn retry_until(deadline: Instant, mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), TxnError> {
+    loop {
+        match call() {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) => {
+                if e.is_retriable() && Instant::now() < deadline {
+                    debug!(error = %e, "retrying transactional call");
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                if e.is_fatal() {
+                    return Err(TxnError::Fatal(e.to_string()));
+                }
+                return Err(TxnError::Aborted(e.to_string()));
+            }
+            Err(other) => return Err(TxnError::Aborted(other.to_string())),
+        }
+    }
+}
+
