@@ -42,6 +42,16 @@ mod tests {
     }
 
     #[test]
+    fn floats_survive_exactly() {
+        // serde_json's default float parser can be off by one ulp; the
+        // `float_roundtrip` feature makes a decode/encode cycle exact.
+        let x = 32.0 + 37.0 * 1.8;
+        let bytes = encode(Format::Json, &json!({ "f": x })).unwrap();
+        let back = decode(Format::Json, Some(&bytes)).unwrap();
+        assert_eq!(back["f"].as_f64().unwrap().to_bits(), x.to_bits());
+    }
+
+    #[test]
     fn bad_input_is_explained() {
         assert!(decode(Format::Json, Some(b"{not json")).unwrap_err().contains("invalid JSON"));
         assert!(decode(Format::Json, None).unwrap_err().contains("tombstone"));

@@ -86,7 +86,10 @@ pub async fn bind(
     listen: &str,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>)> {
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = std::io::Result<()>> + use<>,
+)> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let app = Router::new()

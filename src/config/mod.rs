@@ -468,18 +468,17 @@ pub fn parse(
     // serde_path_to_error records where in the document deserialization
     // failed, so the error names the field (e.g. `sinks.out.format`) and not
     // only the line.
+    let mut failed_at = String::new();
     let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
-        Ok(serde_path_to_error::deserialize::<_, PipelineConfig>(de))
+        serde_path_to_error::deserialize::<_, PipelineConfig>(de).map_err(|e| {
+            failed_at = e.path().to_string();
+            e.into_inner()
+        })
     });
-    let mut config = match parsed {
-        Ok(Ok(config)) => config,
-        Ok(Err(e)) => {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            return Err(ConfigError::single(file, path, e.into_inner().to_string()));
-        }
-        Err(e) => return Err(ConfigError::single(file, "", e.to_string())),
-    };
+    let mut config = parsed.map_err(|e| {
+        let path = if failed_at == "." { String::new() } else { failed_at };
+        ConfigError::single(file, path, e.to_string())
+    })?;
     apply_env(&mut config, file, env)?;
     Ok(config)
 }

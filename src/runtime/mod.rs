@@ -129,15 +129,17 @@ fn run_once(
     stop: &AtomicBool,
 ) -> anyhow::Result<Ended> {
     health.set_not_ready("starting the transactional producer");
-    let producer: BaseProducer<DeliveryLog> = clients::producer(config)
-        .create_with_context(DeliveryLog)
-        .context("creating the producer")?;
-    let max_bytes = producer
-        .client()
-        .native_client()
-        .get_config("message.max.bytes")
+    let producer_config = clients::producer(config);
+    // librdkafka's view of the limit: the user's value or its default.
+    let max_bytes = producer_config
+        .create_native_config()
+        .and_then(|native| native.get("message.max.bytes"))
+        .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1_000_000);
+    let producer: BaseProducer<DeliveryLog> = producer_config
+        .create_with_context(DeliveryLog)
+        .context("creating the producer")?;
     let txn = Transaction::init(producer, metrics.clone(), config.commit.timeout)?;
     let txn = Arc::new(Mutex::new(Some(txn)));
 
