@@ -125,16 +125,9 @@ impl Expr {
 /// The evaluation environment shared by all expressions of a pipeline: the
 /// CEL standard functions, built once (building them per record would cost
 /// more than most expressions).
+#[derive(Default)]
 pub struct Scope {
     base: Context<'static, 'static>,
-}
-
-impl Default for Scope {
-    fn default() -> Self {
-        Scope {
-            base: Context::default(),
-        }
-    }
 }
 
 /// Converts JSON to CEL, mapping whole numbers to `int` where they fit.
@@ -213,9 +206,13 @@ mod tests {
     fn record_metadata_is_visible() {
         let scope = Scope::default();
         let v = json!({});
-        let e = Expr::compile(r#"key + "@" + topic + ":" + string(partition) + ":" + string(offset)"#)
-            .unwrap();
-        assert_eq!(e.eval(&scope, &input(&v)).unwrap(), json!("dev-1@vitals:3:42"));
+        let e =
+            Expr::compile(r#"key + "@" + topic + ":" + string(partition) + ":" + string(offset)"#)
+                .unwrap();
+        assert_eq!(
+            e.eval(&scope, &input(&v)).unwrap(),
+            json!("dev-1@vitals:3:42")
+        );
     }
 
     #[test]
@@ -223,7 +220,10 @@ mod tests {
         let scope = Scope::default();
         let v = json!({"id": 7, "c": 100.0});
         let e = Expr::compile(r#"{"id": value.id, "f": value.c * 1.8 + 32.0}"#).unwrap();
-        assert_eq!(e.eval(&scope, &input(&v)).unwrap(), json!({"id": 7, "f": 212.0}));
+        assert_eq!(
+            e.eval(&scope, &input(&v)).unwrap(),
+            json!({"id": 7, "f": 212.0})
+        );
     }
 
     #[test]

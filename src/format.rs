@@ -45,7 +45,7 @@ mod tests {
     fn floats_survive_exactly() {
         // serde_json's default float parser can be off by one ulp; the
         // `float_roundtrip` feature makes a decode/encode cycle exact.
-        let x = 32.0 + 37.0 * 1.8;
+        let x: f64 = 32.0 + 37.0 * 1.8;
         let bytes = encode(Format::Json, &json!({ "f": x })).unwrap();
         let back = decode(Format::Json, Some(&bytes)).unwrap();
         assert_eq!(back["f"].as_f64().unwrap().to_bits(), x.to_bits());
@@ -53,8 +53,20 @@ mod tests {
 
     #[test]
     fn bad_input_is_explained() {
-        assert!(decode(Format::Json, Some(b"{not json")).unwrap_err().contains("invalid JSON"));
-        assert!(decode(Format::Json, None).unwrap_err().contains("tombstone"));
-        assert!(decode(Format::Avro, Some(b"\0")).unwrap_err().contains("not supported"));
+        assert!(
+            decode(Format::Json, Some(b"{not json"))
+                .unwrap_err()
+                .contains("invalid JSON")
+        );
+        assert!(
+            decode(Format::Json, None)
+                .unwrap_err()
+                .contains("tombstone")
+        );
+        assert!(
+            decode(Format::Avro, Some(b"\0"))
+                .unwrap_err()
+                .contains("not supported")
+        );
     }
 }

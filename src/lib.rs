@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod ops;
 pub mod pipeline;
 pub mod runtime;
+pub mod state;
 pub mod steps;

@@ -42,11 +42,17 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let records_in = must(IntCounterVec::new(
-            Opts::new("millrace_records_in_total", "Records consumed and committed"),
+            Opts::new(
+                "millrace_records_in_total",
+                "Records consumed and committed",
+            ),
             &["topic"],
         ));
         let records_out = must(IntCounterVec::new(
-            Opts::new("millrace_records_out_total", "Records produced and committed"),
+            Opts::new(
+                "millrace_records_out_total",
+                "Records produced and committed",
+            ),
             &["topic"],
         ));
         let records_dead_lettered = must(IntCounterVec::new(
@@ -66,7 +72,10 @@ impl Metrics {
             ]),
         ));
         let transactions = must(IntCounterVec::new(
-            Opts::new("millrace_transactions_total", "Transactions ended, by outcome"),
+            Opts::new(
+                "millrace_transactions_total",
+                "Transactions ended, by outcome",
+            ),
             &["outcome"],
         ));
         let consumer_lag = must(IntGaugeVec::new(
@@ -136,7 +145,10 @@ mod tests {
         m.records_in.with_label_values(&["vitals"]).inc_by(3);
         m.transactions.with_label_values(&["committed"]).inc();
         let text = m.render();
-        assert!(text.contains("millrace_records_in_total{topic=\"vitals\"} 3"), "{text}");
+        assert!(
+            text.contains("millrace_records_in_total{topic=\"vitals\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("millrace_transactions_total{outcome=\"committed\"} 1"));
     }
 }

@@ -10,7 +10,8 @@ use std::fmt;
 use crate::config::{Format, PipelineConfig, SourceConfig};
 use crate::expr::{Expr, Scope, json_to_key};
 use crate::format;
-use crate::steps::{self, Operator, Origin, Record, StepContext};
+use crate::state::{StateError, TaskStores};
+use crate::steps::{self, Operator, Origin, Record, StepContext, StepError};
 
 /// A record ready to produce.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +45,8 @@ pub enum FailureReason {
     Route,
     /// The result could not be encoded, or the broker refused it.
     Encode,
+    /// The record arrived after its window closed (event time beyond grace).
+    Late,
 }
 
 impl FailureReason {
@@ -53,13 +56,20 @@ impl FailureReason {
             FailureReason::Eval => "eval",
             FailureReason::Route => "route",
             FailureReason::Encode => "encode",
+            FailureReason::Late => "late",
         }
     }
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at {}: {}", self.reason.as_str(), self.at, self.message)
+        write!(
+            f,
+            "{} at {}: {}",
+            self.reason.as_str(),
+            self.at,
+            self.message
+        )
     }
 }
 
@@ -89,7 +99,7 @@ impl Pipeline {
         let mut issues = Vec::new();
         let mut steps_built = Vec::new();
         for (i, step) in config.steps.iter().enumerate() {
-            match steps::build(step) {
+            match steps::build(step, i) {
                 Ok(op) => steps_built.push(op),
                 Err(e) => issues.push((format!("steps[{i}].{}", step.kind()), e)),
             }
@@ -146,50 +156,76 @@ impl Pipeline {
         topics
     }
 
+    /// Names of every state store the steps use.
+    pub fn stores(&self) -> Vec<String> {
+        self.steps.iter().flat_map(|s| s.stores()).collect()
+    }
+
     /// Runs one consumed record through the steps and encodes what comes out
-    /// for its sinks. All or nothing: on any failure the caller dead-letters
-    /// the input record and produces none of its outputs.
+    /// for its sinks. All or nothing: on a [`Failure`] the caller
+    /// dead-letters the input record and produces none of its outputs. A
+    /// [`StateError`] is not the record's fault and is returned apart.
     pub fn process(
         &mut self,
         origin: &Origin,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         timestamp: Option<i64>,
-    ) -> Result<Vec<Output>, Failure> {
-        let value = format::decode(self.source_format(&origin.topic), payload).map_err(|message| {
-            Failure {
-                reason: FailureReason::Decode,
-                at: format!("source {}", origin.topic),
-                message,
+        stores: &mut dyn TaskStores,
+    ) -> Result<Result<Vec<Output>, Failure>, StateError> {
+        let value = match format::decode(self.source_format(&origin.topic), payload) {
+            Ok(value) => value,
+            Err(message) => {
+                return Ok(Err(Failure {
+                    reason: FailureReason::Decode,
+                    at: format!("source {}", origin.topic),
+                    message,
+                }));
             }
-        })?;
+        };
         let mut records = vec![Record {
             key: key.map(<[u8]>::to_vec),
             value,
             timestamp,
             route: None,
         }];
-        let ctx = StepContext {
+        let mut ctx = StepContext {
             scope: &self.scope,
             origin,
+            stores,
         };
         for (i, step) in self.steps.iter_mut().enumerate() {
             let mut next = Vec::with_capacity(records.len());
+            let kind = step.kind();
             for record in records {
-                step.process(&ctx, record, &mut next).map_err(|message| Failure {
-                    reason: FailureReason::Eval,
-                    at: format!("steps[{i}] ({})", step.kind()),
+                let failed = |reason, message| Failure {
+                    reason,
+                    at: format!("steps[{i}] ({kind})"),
                     message,
-                })?;
+                };
+                match step.process(&mut ctx, record, &mut next) {
+                    Ok(()) => {}
+                    Err(StepError::Record(m)) => return Ok(Err(failed(FailureReason::Eval, m))),
+                    Err(StepError::Late(m)) => return Ok(Err(failed(FailureReason::Late, m))),
+                    Err(StepError::State(e)) => return Err(e),
+                }
             }
             records = next;
         }
+        Ok(self.encode_all(&ctx, &records))
+    }
+
+    fn encode_all(
+        &self,
+        ctx: &StepContext<'_>,
+        records: &[Record],
+    ) -> Result<Vec<Output>, Failure> {
         let mut outputs = Vec::new();
-        for record in &records {
+        for record in records {
             match &record.route {
                 None => {
                     for sink in &self.sinks {
-                        outputs.push(encode_for(sink, &self.scope, &ctx, record)?);
+                        outputs.push(encode_for(sink, &self.scope, ctx, record)?);
                     }
                 }
                 Some(name) => {
@@ -204,7 +240,7 @@ impl Pipeline {
                             ),
                         }
                     })?;
-                    outputs.push(encode_for(sink, &self.scope, &ctx, record)?);
+                    outputs.push(encode_for(sink, &self.scope, ctx, record)?);
                 }
             }
         }
@@ -261,11 +297,13 @@ fn encode_for(
     let key = match &sink.key {
         None => record.key.clone(),
         Some(expr) => {
-            let value = expr.eval(scope, &ctx.input(record)).map_err(|message| Failure {
-                reason: FailureReason::Eval,
-                at: format!("sinks.{}.key", sink.name),
-                message,
-            })?;
+            let value = expr
+                .eval(scope, &ctx.input(record))
+                .map_err(|message| Failure {
+                    reason: FailureReason::Eval,
+                    at: format!("sinks.{}.key", sink.name),
+                    message,
+                })?;
             json_to_key(&value)
         }
     };
@@ -293,6 +331,22 @@ mod tests {
         Pipeline::build(&config).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
+    fn run(
+        p: &mut Pipeline,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        ts: Option<i64>,
+    ) -> Result<Vec<Output>, Failure> {
+        p.process(
+            &origin(),
+            key,
+            Some(payload),
+            ts,
+            &mut crate::state::NoStores { task: 1 },
+        )
+        .expect("no state involved")
+    }
+
     fn origin() -> Origin {
         Origin {
             topic: "in".into(),
@@ -317,9 +371,7 @@ sinks:
     #[test]
     fn records_flow_through_steps_to_the_routed_sink() {
         let mut p = pipeline(ROUTED);
-        let out = p
-            .process(&origin(), Some(b"k"), Some(br#"{"v": 7, "device": "d1"}"#), Some(5))
-            .unwrap();
+        let out = run(&mut p, Some(b"k"), br#"{"v": 7, "device": "d1"}"#, Some(5)).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].topic, "out-high");
         assert_eq!(out[0].key.as_deref(), Some(&b"d1"[..]));
@@ -327,9 +379,7 @@ sinks:
         assert_eq!(v, serde_json::json!({"v": 7, "device": "d1", "double": 14}));
         assert_eq!(out[0].timestamp, Some(5));
 
-        let out = p
-            .process(&origin(), None, Some(br#"{"v": 1, "device": "d1"}"#), None)
-            .unwrap();
+        let out = run(&mut p, None, br#"{"v": 1, "device": "d1"}"#, None).unwrap();
         assert_eq!(out[0].topic, "out-low");
         assert_eq!(out[0].key.as_deref(), Some(&b"fixed"[..]));
     }
@@ -337,20 +387,21 @@ sinks:
     #[test]
     fn filtered_records_produce_nothing() {
         let mut p = pipeline(ROUTED);
-        let out = p.process(&origin(), None, Some(br#"{"v": 3, "device": "d"}"#), None);
+        let out = run(&mut p, None, br#"{"v": 3, "device": "d"}"#, None);
         assert_eq!(out, Ok(vec![]));
     }
 
     #[test]
     fn failures_say_where_and_why() {
         let mut p = pipeline(ROUTED);
-        let e = p.process(&origin(), None, Some(b"nope"), None).unwrap_err();
+        let e = run(&mut p, None, b"nope", None).unwrap_err();
         assert_eq!(e.reason, FailureReason::Decode);
-        let e = p.process(&origin(), None, Some(br#"{"w": 1}"#), None).unwrap_err();
-        assert_eq!((e.reason, e.at.as_str()), (FailureReason::Eval, "steps[0] (filter)"));
-        let e = p
-            .process(&origin(), None, Some(br#"{"v": -1, "device": "d"}"#), None)
-            .unwrap_err();
+        let e = run(&mut p, None, br#"{"w": 1}"#, None).unwrap_err();
+        assert_eq!(
+            (e.reason, e.at.as_str()),
+            (FailureReason::Eval, "steps[0] (filter)")
+        );
+        let e = run(&mut p, None, br#"{"v": -1, "device": "d"}"#, None).unwrap_err();
         assert_eq!(e.reason, FailureReason::Route);
         assert!(e.message.contains("nowhere"), "{e}");
     }
@@ -364,7 +415,7 @@ sources: [{topic: in}]
 sinks: {a: {topic: ta}, b: {topic: tb}}
 ",
         );
-        let out = p.process(&origin(), None, Some(b"{}"), None).unwrap();
+        let out = run(&mut p, None, b"{}", None).unwrap();
         let topics: Vec<&str> = out.iter().map(|o| o.topic.as_str()).collect();
         assert_eq!(topics, ["ta", "tb"]);
     }

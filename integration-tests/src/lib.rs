@@ -47,10 +47,10 @@ pub fn bootstrap() -> &'static str {
 }
 
 fn find_or_start_broker() -> anyhow::Result<String> {
-    if let Ok(address) = std::env::var("MILLRACE_BOOTSTRAP") {
-        if !address.trim().is_empty() {
-            return Ok(address);
-        }
+    if let Ok(address) = std::env::var("MILLRACE_BOOTSTRAP")
+        && !address.trim().is_empty()
+    {
+        return Ok(address);
     }
     if docker_answers() {
         return start_container();
@@ -162,12 +162,14 @@ pub async fn produce(
         }
         if pending.len() >= 10_000 {
             for d in pending.drain(..) {
-                d.await?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+                d.await?
+                    .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
             }
         }
     }
     for d in pending {
-        d.await?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+        d.await?
+            .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
     }
     producer.flush(Timeout::After(Duration::from_secs(30)))?;
     Ok(())
@@ -389,7 +391,10 @@ impl Millrace {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        bail!("millrace not ready within {within:?}; log:\n{}", self.log_tail(40))
+        bail!(
+            "millrace not ready within {within:?}; log:\n{}",
+            self.log_tail(40)
+        )
     }
 
     /// The value of a metric line (`name{labels}` exactly as exposed), or 0.
@@ -397,7 +402,10 @@ impl Millrace {
         let (_, body) = self.get("/metrics")?;
         Ok(body
             .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0))
     }
 

@@ -19,16 +19,27 @@ sinks: {out: {topic: out}}
 "#,
     )?;
     let path = path.to_string_lossy().into_owned();
-    for command in [&["validate", "--config", &path][..], &["run", "--config", &path]] {
+    for command in [
+        &["validate", "--config", &path][..],
+        &["run", "--config", &path],
+    ] {
         let (code, _, stderr) = millrace_cli(command, false)?;
         assert_eq!(code, 2, "{command:?}: {stderr}");
         assert!(stderr.contains(&path), "names the file: {stderr}");
-        assert!(stderr.contains("steps[0].filter"), "names the field: {stderr}");
-        assert!(stderr.contains("invalid CEL expression"), "says what: {stderr}");
+        assert!(
+            stderr.contains("steps[0].filter"),
+            "names the field: {stderr}"
+        );
+        assert!(
+            stderr.contains("invalid CEL expression"),
+            "says what: {stderr}"
+        );
     }
 
-    let (_dir, path, _) = write_config("pipeline: p\nsources: [{topic: in}]\nsinks: {out: {topci: out}}\n")?;
-    let (code, _, stderr) = millrace_cli(&["validate", "--config", &path.to_string_lossy()], false)?;
+    let (_dir, path, _) =
+        write_config("pipeline: p\nsources: [{topic: in}]\nsinks: {out: {topci: out}}\n")?;
+    let (code, _, stderr) =
+        millrace_cli(&["validate", "--config", &path.to_string_lossy()], false)?;
     assert_eq!(code, 2);
     assert!(stderr.contains("sinks.out"), "{stderr}");
     assert!(stderr.contains("topci"), "{stderr}");
@@ -47,7 +58,8 @@ steps:
 sinks: {alerts: {topic: vitals-alerts}}
 "#,
     )?;
-    let (code, stdout, stderr) = millrace_cli(&["validate", "--config", &path.to_string_lossy()], false)?;
+    let (code, stdout, stderr) =
+        millrace_cli(&["validate", "--config", &path.to_string_lossy()], false)?;
     assert_eq!(code, 0, "{stderr}");
     for expected in [
         "pipeline vitals",
@@ -57,7 +69,10 @@ sinks: {alerts: {topic: vitals-alerts}}
         "sink    alerts -> vitals-alerts (json)",
         "dead letters -> vitals-dead-letter",
     ] {
-        assert!(stdout.contains(expected), "missing `{expected}` in:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing `{expected}` in:\n{stdout}"
+        );
     }
     Ok(())
 }
@@ -74,7 +89,9 @@ fn topics_create_makes_every_topic_once() -> anyhow::Result<()> {
     let (code, stdout, stderr) = millrace_cli(&["topics", "create", "--config", &path], true)?;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(&format!("created  {input}")), "{stdout}");
-    assert!(stdout.contains("created  cli-dead-letter") || stdout.contains("exists   cli-dead-letter"));
+    assert!(
+        stdout.contains("created  cli-dead-letter") || stdout.contains("exists   cli-dead-letter")
+    );
 
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())

@@ -139,7 +139,9 @@ http:
         }
     }
     feeder.join().expect("feeder thread")?;
-    progress(&format!("{kills} kills; input complete; waiting to catch up"));
+    progress(&format!(
+        "{kills} kills; input complete; waiting to catch up"
+    ));
 
     let deadline = Instant::now() + Duration::from_secs(180);
     while !caught_up(&group, &input)? {
@@ -170,10 +172,17 @@ http:
         assert!(kept(n), "record {n} should have been filtered out");
         *seen.entry(n).or_default() += 1;
         if let Some(previous) = last_per_key.insert(key.clone(), n) {
-            assert!(previous < n, "order per key broken for {key}: {previous} then {n}");
+            assert!(
+                previous < n,
+                "order per key broken for {key}: {previous} then {n}"
+            );
         }
     }
-    let duplicated: Vec<u64> = seen.iter().filter(|(_, c)| **c > 1).map(|(n, _)| *n).collect();
+    let duplicated: Vec<u64> = seen
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, _)| *n)
+        .collect();
     let missing: Vec<u64> = (0..RECORDS)
         .filter(|n| kept(*n) && !seen.contains_key(n))
         .collect();
@@ -184,10 +193,21 @@ http:
         duplicated.len(),
         missing.len()
     ));
-    assert!(duplicated.is_empty(), "duplicated: {:?}", &duplicated[..duplicated.len().min(20)]);
-    assert!(missing.is_empty(), "missing: {:?}", &missing[..missing.len().min(20)]);
+    assert!(
+        duplicated.is_empty(),
+        "duplicated: {:?}",
+        &duplicated[..duplicated.len().min(20)]
+    );
+    assert!(
+        missing.is_empty(),
+        "missing: {:?}",
+        &missing[..missing.len().min(20)]
+    );
     assert_eq!(records.len(), expected);
     assert!(kills >= MIN_KILLS);
-    assert!(read_committed(&dead)?.is_empty(), "no dead letters expected");
+    assert!(
+        read_committed(&dead)?.is_empty(),
+        "no dead letters expected"
+    );
     Ok(())
 }

@@ -80,7 +80,11 @@ fn reading(id: u64) -> serde_json::Value {
 }
 
 /// Waits until `topic` holds `count` committed records, then returns them.
-fn wait_for(topic: &str, count: usize, m: &Millrace) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
+fn wait_for(
+    topic: &str,
+    count: usize,
+    m: &Millrace,
+) -> anyhow::Result<Vec<rdkafka::message::OwnedMessage>> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let records = read_committed(topic)?;
@@ -137,8 +141,14 @@ fn every_record_lands_exactly_once_in_the_sink_its_route_names() -> anyhow::Resu
         for r in &records {
             let v: serde_json::Value = serde_json::from_slice(r.payload().unwrap_or_default())?;
             let id = v["id"].as_u64().expect("id");
-            assert_eq!(r.key(), Some(v["device"].as_str().expect("device").as_bytes()));
-            assert!(got.insert(id, v).is_none(), "record {id} duplicated in {topic}");
+            assert_eq!(
+                r.key(),
+                Some(v["device"].as_str().expect("device").as_bytes())
+            );
+            assert!(
+                got.insert(id, v).is_none(),
+                "record {id} duplicated in {topic}"
+            );
         }
         assert_eq!(got.len(), expected.len(), "records in {topic}");
         for (id, want) in expected {
@@ -176,8 +186,16 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() -> anyhow::Result
     let p = producer();
     let bad: Vec<(&str, Vec<u8>, &str)> = vec![
         ("not json", b"{\"id\": 1,".to_vec(), "decode"),
-        ("no level", br#"{"id": 2, "device": "d2", "f": 50.0}"#.to_vec(), "eval"),
-        ("text level", br#"{"id": 3, "device": "d3", "f": 50.0, "level": "x"}"#.to_vec(), "eval"),
+        (
+            "no level",
+            br#"{"id": 2, "device": "d2", "f": 50.0}"#.to_vec(),
+            "eval",
+        ),
+        (
+            "text level",
+            br#"{"id": 3, "device": "d3", "f": 50.0, "level": "x"}"#.to_vec(),
+            "eval",
+        ),
         ("binary", vec![0xff, 0xfe, 0x00, 0x01], "decode"),
     ];
     let mut good = 0;
@@ -205,7 +223,11 @@ fn bad_records_go_to_the_dead_letter_topic_with_their_reason() -> anyhow::Result
     let dead = wait_for(&t.dead, bad.len(), &m)?;
     for (record, (label, payload, reason)) in dead.iter().zip(&bad) {
         let h = header_map(record);
-        assert_eq!(record.payload(), Some(payload.as_slice()), "original bytes kept");
+        assert_eq!(
+            record.payload(),
+            Some(payload.as_slice()),
+            "original bytes kept"
+        );
         assert_eq!(record.key(), Some(label.as_bytes()), "original key kept");
         assert_eq!(h["millrace.reason"], *reason, "{label}: {h:?}");
         assert_eq!(h["millrace.source.topic"], t.input);
@@ -254,7 +276,11 @@ fn a_new_group_starts_at_the_configured_time() -> anyhow::Result<()> {
     let m = Millrace::start(&routed_pipeline(&t, &cutoff.to_string()))?;
     let out = wait_for(&t.high, 100, &m)?;
     for r in &out {
-        assert_eq!(r.timestamp(), Timestamp::CreateTime(now_ms), "only recent records");
+        assert_eq!(
+            r.timestamp(),
+            Timestamp::CreateTime(now_ms),
+            "only recent records"
+        );
     }
     Ok(())
 }
@@ -281,7 +307,14 @@ fn sigterm_commits_leaves_the_group_and_exits_zero() -> anyhow::Result<()> {
         .set("bootstrap.servers", bootstrap())
         .create()?;
     let groups = admin.fetch_group_list(Some(&t.group), Duration::from_secs(10))?;
-    let members = groups.groups().first().map(|g| g.members().len()).unwrap_or(0);
-    assert_eq!(members, 0, "members left in the group after SIGTERM ({took:?})");
+    let members = groups
+        .groups()
+        .first()
+        .map(|g| g.members().len())
+        .unwrap_or(0);
+    assert_eq!(
+        members, 0,
+        "members left in the group after SIGTERM ({took:?})"
+    );
     Ok(())
 }

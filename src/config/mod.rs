@@ -374,11 +374,10 @@ impl PipelineConfig {
 
     /// This instance's identity (see [`KafkaConfig::instance_id`]).
     pub fn instance_id(&self) -> String {
-        self.kafka.instance_id.clone().unwrap_or_else(|| {
-            gethostname::gethostname()
-                .to_string_lossy()
-                .into_owned()
-        })
+        self.kafka
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| gethostname::gethostname().to_string_lossy().into_owned())
     }
 
     /// The transactional id of this instance's producer.
@@ -476,7 +475,11 @@ pub fn parse(
         })
     });
     let mut config = parsed.map_err(|e| {
-        let path = if failed_at == "." { String::new() } else { failed_at };
+        let path = if failed_at == "." {
+            String::new()
+        } else {
+            failed_at
+        };
         ConfigError::single(file, path, e.to_string())
     })?;
     apply_env(&mut config, file, env)?;
@@ -496,8 +499,14 @@ fn apply_env(
     }
     let sections = [
         ("kafka.properties", &mut config.kafka.properties),
-        ("kafka.consumer_properties", &mut config.kafka.consumer_properties),
-        ("kafka.producer_properties", &mut config.kafka.producer_properties),
+        (
+            "kafka.consumer_properties",
+            &mut config.kafka.consumer_properties,
+        ),
+        (
+            "kafka.producer_properties",
+            &mut config.kafka.producer_properties,
+        ),
     ];
     for (section, properties) in sections {
         for (name, value) in properties.iter_mut() {

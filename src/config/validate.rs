@@ -36,17 +36,24 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
         issue("pipeline", e);
     }
     if config.kafka.bootstrap.trim().is_empty() {
-        issue("kafka.bootstrap", "must name at least one broker (host:port)".into());
+        issue(
+            "kafka.bootstrap",
+            "must name at least one broker (host:port)".into(),
+        );
     }
-    if let Some(id) = &config.kafka.instance_id {
-        if let Err(e) = check_name(id) {
-            issue("kafka.instance_id", e);
-        }
+    if let Some(Err(e)) = config.kafka.instance_id.as_deref().map(check_name) {
+        issue("kafka.instance_id", e);
     }
     let property_sections = [
         ("kafka.properties", &config.kafka.properties),
-        ("kafka.consumer_properties", &config.kafka.consumer_properties),
-        ("kafka.producer_properties", &config.kafka.producer_properties),
+        (
+            "kafka.consumer_properties",
+            &config.kafka.consumer_properties,
+        ),
+        (
+            "kafka.producer_properties",
+            &config.kafka.producer_properties,
+        ),
     ];
     for (section, properties) in property_sections {
         for name in properties.keys() {
@@ -76,7 +83,10 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
             );
         }
         if source.format == Format::Avro {
-            issue(&format!("sources[{i}].format"), crate::format::unsupported_avro());
+            issue(
+                &format!("sources[{i}].format"),
+                crate::format::unsupported_avro(),
+            );
         }
     }
 
@@ -93,11 +103,17 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
         if source_topics.contains(sink.topic.as_str()) {
             issue(
                 &format!("sinks.{name}.topic"),
-                format!("`{}` is also a source: the pipeline would read its own output", sink.topic),
+                format!(
+                    "`{}` is also a source: the pipeline would read its own output",
+                    sink.topic
+                ),
             );
         }
         if sink.format == Format::Avro {
-            issue(&format!("sinks.{name}.format"), crate::format::unsupported_avro());
+            issue(
+                &format!("sinks.{name}.format"),
+                crate::format::unsupported_avro(),
+            );
         }
     }
     let dead_letter = config.dead_letter_topic();
@@ -135,7 +151,10 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
     if config.http.listen.parse::<SocketAddr>().is_err() {
         issue(
             "http.listen",
-            format!("`{}` is not an address such as 127.0.0.1:9464", config.http.listen),
+            format!(
+                "`{}` is not an address such as 127.0.0.1:9464",
+                config.http.listen
+            ),
         );
     }
     if config.shutdown.timeout < Duration::from_secs(1) {
@@ -235,7 +254,10 @@ http: {listen: "nowhere"}
             "commit.interval",
             "http.listen",
         ] {
-            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
         }
     }
 }

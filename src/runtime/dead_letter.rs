@@ -1,8 +1,8 @@
 //! Dead letters: the record exactly as it was consumed (key, value, headers,
 //! timestamp), plus headers that say where it came from and why it failed.
 
-use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::message::Header;
+use rdkafka::message::{Headers, OwnedHeaders};
 
 use crate::pipeline::Failure;
 use crate::steps::Origin;

@@ -104,11 +104,18 @@ fn check_topics(config: &PipelineConfig, pipeline: &Pipeline) -> anyhow::Result<
     let metadata = admin
         .fetch_metadata(None, Timeout::After(Duration::from_secs(30)))
         .with_context(|| format!("reading metadata from {}", config.kafka.bootstrap))?;
-    let existing: std::collections::HashSet<&str> =
-        metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name()).collect();
+    let existing: std::collections::HashSet<&str> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.name())
+        .collect();
     let mut wanted: Vec<String> = config.sources.iter().map(|s| s.topic.clone()).collect();
     wanted.extend(pipeline.output_topics());
-    let missing: Vec<&String> = wanted.iter().filter(|t| !existing.contains(t.as_str())).collect();
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|t| !existing.contains(t.as_str()))
+        .collect();
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
         bail!(
@@ -174,7 +181,11 @@ fn run_once(
         max_bytes: max_bytes.saturating_sub(RECORD_OVERHEAD),
     };
     let result = worker.process_until_stopped(&consumer, health, stop);
-    health.set_not_ready(if result.is_ok() { "stopping" } else { "recovering" });
+    health.set_not_ready(if result.is_ok() {
+        "stopping"
+    } else {
+        "recovering"
+    });
     if result.is_err() {
         // Abort first, so that closing the consumer (which revokes the
         // partitions and would commit) has nothing to commit.
@@ -265,9 +276,18 @@ impl Worker<'_> {
             offset: message.offset(),
         };
         let timestamp = message.timestamp().to_millis();
+        let mut stores = crate::state::NoStores {
+            task: origin.partition,
+        };
         let result = self
             .pipeline
-            .process(&origin, message.key(), message.payload(), timestamp)
+            .process(
+                &origin,
+                message.key(),
+                message.payload(),
+                timestamp,
+                &mut stores,
+            )?
             .and_then(|outputs| self.check_sizes(outputs));
         let pipeline_name = &self.config.pipeline;
         let dead_letter_topic = self.pipeline.dead_letter_topic().to_string();
@@ -275,7 +295,13 @@ impl Worker<'_> {
             match result {
                 Ok(outputs) => {
                     for out in outputs {
-                        txn.send(&out.topic, out.key.as_deref(), &out.payload, out.timestamp, None)?;
+                        txn.send(
+                            &out.topic,
+                            out.key.as_deref(),
+                            &out.payload,
+                            out.timestamp,
+                            None,
+                        )?;
                         txn.count_output(&out.topic);
                     }
                 }

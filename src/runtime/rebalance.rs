@@ -75,10 +75,10 @@ impl EosContext {
             return;
         };
         let mut slot = lock(&self.txn);
-        if let Some(txn) = slot.as_mut() {
-            if let Err(e) = txn.commit(&group) {
-                txn.set_failure(format!("commit at revocation: {e}"));
-            }
+        if let Some(txn) = slot.as_mut()
+            && let Err(e) = txn.commit(&group)
+        {
+            txn.set_failure(format!("commit at revocation: {e}"));
         }
     }
 
@@ -128,7 +128,10 @@ impl ConsumerContext for EosContext {
         err: RDKafkaRespErr,
         tpl: &mut TopicPartitionList,
     ) {
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Err(e) = self.resolve_starts(consumer, tpl) {
@@ -152,10 +155,10 @@ impl ConsumerContext for EosContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.commit_before_revoke(consumer);
                 for element in tpl.elements() {
-                    let _ = self.metrics.consumer_lag.remove_label_values(&[
-                        element.topic(),
-                        &element.partition().to_string(),
-                    ]);
+                    let _ = self
+                        .metrics
+                        .consumer_lag
+                        .remove_label_values(&[element.topic(), &element.partition().to_string()]);
                 }
                 let result = if cooperative {
                     consumer.incremental_unassign(tpl)

@@ -151,7 +151,11 @@ impl Transaction {
 
     /// Counts an output toward the metrics of this transaction.
     pub fn count_output(&mut self, topic: &str) {
-        *self.counts.records_out.entry(topic.to_string()).or_default() += 1;
+        *self
+            .counts
+            .records_out
+            .entry(topic.to_string())
+            .or_default() += 1;
     }
 
     /// Counts a dead letter toward the metrics of this transaction.
@@ -166,7 +170,8 @@ impl Transaction {
     /// Records that `offset` of a partition was fully processed.
     pub fn consumed(&mut self, topic: &str, partition: i32, offset: i64) -> Result<(), TxnError> {
         self.ensure_open()?;
-        self.offsets.insert((topic.to_string(), partition), offset + 1);
+        self.offsets
+            .insert((topic.to_string(), partition), offset + 1);
         self.consumed += 1;
         *self.counts.records_in.entry(topic.to_string()).or_default() += 1;
         Ok(())
@@ -211,10 +216,16 @@ impl Transaction {
                     .inc();
                 let counts = std::mem::take(&mut self.counts);
                 for (topic, n) in counts.records_in {
-                    self.metrics.records_in.with_label_values(&[&topic]).inc_by(n);
+                    self.metrics
+                        .records_in
+                        .with_label_values(&[&topic])
+                        .inc_by(n);
                 }
                 for (topic, n) in counts.records_out {
-                    self.metrics.records_out.with_label_values(&[&topic]).inc_by(n);
+                    self.metrics
+                        .records_out
+                        .with_label_values(&[&topic])
+                        .inc_by(n);
                 }
                 for ((topic, reason), n) in counts.dead_lettered {
                     self.metrics
@@ -246,7 +257,9 @@ impl Transaction {
                     .send_offsets_to_transaction(&tpl, group, remaining(deadline))
             })?;
         }
-        retry_until(deadline, || self.producer.commit_transaction(remaining(deadline)))
+        retry_until(deadline, || {
+            self.producer.commit_transaction(remaining(deadline))
+        })
     }
 
     /// Aborts the open transaction, if any. Errors are logged: after an
@@ -281,7 +294,10 @@ fn remaining(deadline: Instant) -> Duration {
 
 /// Runs a transactional call, retrying while librdkafka calls the error
 /// retriable and time is left, and classifies the final error.
-fn retry_until(deadline: Instant, mut call: impl FnMut() -> Result<(), KafkaError>) -> Result<(), TxnError> {
+fn retry_until(
+    deadline: Instant,
+    mut call: impl FnMut() -> Result<(), KafkaError>,
+) -> Result<(), TxnError> {
     loop {
         match call() {
             Ok(()) => return Ok(()),
@@ -300,4 +316,3 @@ fn retry_until(deadline: Instant, mut call: impl FnMut() -> Result<(), KafkaErro
         }
     }
 }
-

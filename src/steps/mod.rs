@@ -11,6 +11,7 @@ use serde_json::Value as Json;
 
 use crate::config::StepConfig;
 use crate::expr::{Input, Scope};
+use crate::state::{StateError, TaskStores};
 
 /// A record between steps: the decoded value, the key, the timestamp and,
 /// once a `route` step ran, the chosen sink.
@@ -33,46 +34,91 @@ pub struct Origin {
     pub offset: i64,
 }
 
-/// What a step needs besides the record: the shared expression scope and
-/// the record's origin.
+/// What a step needs besides the record: the shared expression scope, the
+/// record's origin and the current task's state stores.
 pub struct StepContext<'a> {
     pub scope: &'a Scope,
     pub origin: &'a Origin,
+    pub stores: &'a mut dyn TaskStores,
 }
 
 impl StepContext<'_> {
     /// The expression input for `record`.
     pub fn input<'r>(&'r self, record: &'r Record) -> Input<'r> {
-        Input {
-            value: &record.value,
-            key: record.key.as_deref(),
-            topic: &self.origin.topic,
-            partition: self.origin.partition,
-            offset: self.origin.offset,
-            timestamp: record.timestamp,
-        }
+        input(self.origin, record)
+    }
+}
+
+/// The expression input for `record` read from `origin`. A free function
+/// so that a stateful step can evaluate expressions while it holds
+/// `ctx.stores` mutably.
+pub fn input<'r>(origin: &'r Origin, record: &'r Record) -> Input<'r> {
+    Input {
+        value: &record.value,
+        key: record.key.as_deref(),
+        topic: &origin.topic,
+        partition: origin.partition,
+        offset: origin.offset,
+        timestamp: record.timestamp,
+    }
+}
+
+/// Why a step failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepError {
+    /// The record cannot be processed (bad field, wrong type): it goes to
+    /// the dead-letter topic with reason `eval`.
+    Record(String),
+    /// The record arrived after its window closed (beyond `grace`): it goes
+    /// to the dead-letter topic with reason `late`.
+    Late(String),
+    /// State could not be read or written: not the record's fault. The
+    /// runtime rebuilds and retries; the record is not dead-lettered.
+    State(StateError),
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> Self {
+        StepError::Record(message)
+    }
+}
+
+impl From<StateError> for StepError {
+    fn from(e: StateError) -> Self {
+        StepError::State(e)
     }
 }
 
 /// One step of a pipeline.
+///
+/// Stateless steps look at one record. Stateful steps declare the stores
+/// they use in [`stores`](Operator::stores) and keep *all* their state
+/// there (never in fields), because the runtime changelogs, commits,
+/// restores and moves stores between instances; fields are shared by every
+/// task of the instance and lost in a crash.
 pub trait Operator: Send {
-    /// The step's keyword (`filter`, `map`, ...).
+    /// The step's keyword (`filter`, `map`, `window`, ...).
     fn kind(&self) -> &'static str;
     /// One line for `millrace validate`'s graph.
     fn describe(&self) -> String;
-    /// Processes one record, pushing what it emits onto `out`. An error
-    /// sends the input record to the dead-letter topic.
+    /// Names of the state stores this step uses (unique in the pipeline).
+    fn stores(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Processes one record, pushing what it emits onto `out`.
     fn process(
         &mut self,
-        ctx: &StepContext<'_>,
+        ctx: &mut StepContext<'_>,
         record: Record,
         out: &mut Vec<Record>,
-    ) -> Result<(), String>;
+    ) -> Result<(), StepError>;
 }
 
-/// Builds the operator for one configured step. Errors are messages for the
-/// step's field path.
-pub fn build(step: &StepConfig) -> Result<Box<dyn Operator>, String> {
+/// Builds the operator for the configured step at `index` in `steps:`.
+/// Errors are messages for the step's field path. `index` names the state
+/// stores of steps that do not name them (`<kind>-<index>`).
+pub fn build(step: &StepConfig, index: usize) -> Result<Box<dyn Operator>, String> {
+    let _ = index;
     Ok(match step {
         StepConfig::Filter(e) => Box::new(Filter::new(e)?),
         StepConfig::Map(e) => Box::new(Map::new(e)?),

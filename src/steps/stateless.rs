@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map as JsonMap, Value as Json};
 
-use super::{Operator, Record, StepContext};
+use super::{Operator, Record, StepContext, StepError};
 use crate::expr::{Expr, json_to_key};
 
 /// Keeps records for which the expression is true.
@@ -29,10 +29,10 @@ impl Operator for Filter {
     }
     fn process(
         &mut self,
-        ctx: &StepContext<'_>,
+        ctx: &mut StepContext<'_>,
         record: Record,
         out: &mut Vec<Record>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         if self.expr.eval_bool(ctx.scope, &ctx.input(&record))? {
             out.push(record);
         }
@@ -62,10 +62,10 @@ impl Operator for Map {
     }
     fn process(
         &mut self,
-        ctx: &StepContext<'_>,
+        ctx: &mut StepContext<'_>,
         mut record: Record,
         out: &mut Vec<Record>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         record.value = self.expr.eval(ctx.scope, &ctx.input(&record))?;
         out.push(record);
         Ok(())
@@ -76,7 +76,9 @@ impl Operator for Map {
 fn field_path(path: &str) -> Result<Vec<String>, String> {
     let segments: Vec<String> = path.split('.').map(str::to_string).collect();
     if segments.iter().any(|s| s.trim().is_empty()) {
-        return Err(format!("`{path}` is not a field path (use names joined by dots)"));
+        return Err(format!(
+            "`{path}` is not a field path (use names joined by dots)"
+        ));
     }
     Ok(segments)
 }
@@ -130,12 +132,12 @@ impl Operator for Project {
     }
     fn process(
         &mut self,
-        _ctx: &StepContext<'_>,
+        _ctx: &mut StepContext<'_>,
         mut record: Record,
         out: &mut Vec<Record>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         if !record.value.is_object() {
-            return Err("project needs an object value".to_string());
+            return Err("project needs an object value".to_string().into());
         }
         let mut kept = JsonMap::new();
         for path in &self.fields {
@@ -200,10 +202,10 @@ impl Operator for Set {
     }
     fn process(
         &mut self,
-        ctx: &StepContext<'_>,
+        ctx: &mut StepContext<'_>,
         mut record: Record,
         out: &mut Vec<Record>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let results = {
             let input = ctx.input(&record);
             self.fields
@@ -241,10 +243,10 @@ impl Operator for Rekey {
     }
     fn process(
         &mut self,
-        ctx: &StepContext<'_>,
+        ctx: &mut StepContext<'_>,
         mut record: Record,
         out: &mut Vec<Record>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let key = self.expr.eval(ctx.scope, &ctx.input(&record))?;
         record.key = json_to_key(&key);
         out.push(record);
@@ -275,17 +277,18 @@ impl Operator for Route {
     }
     fn process(
         &mut self,
-        ctx: &StepContext<'_>,
+        ctx: &mut StepContext<'_>,
         mut record: Record,
         out: &mut Vec<Record>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         match self.expr.eval(ctx.scope, &ctx.input(&record))? {
             Json::String(sink) => record.route = Some(sink),
             other => {
                 return Err(format!(
                     "route `{}` must return a sink name (string), returned {other}",
                     self.expr
-                ));
+                )
+                .into());
             }
         }
         out.push(record);
@@ -297,19 +300,22 @@ impl Operator for Route {
 mod tests {
     use super::*;
     use crate::expr::Scope;
+    use crate::state::NoStores;
     use crate::steps::Origin;
     use serde_json::json;
 
-    fn run(op: &mut dyn Operator, value: Json) -> Result<Vec<Record>, String> {
+    fn run(op: &mut dyn Operator, value: Json) -> Result<Vec<Record>, StepError> {
         let scope = Scope::default();
         let origin = Origin {
             topic: "t".into(),
             partition: 0,
             offset: 5,
         };
-        let ctx = StepContext {
+        let mut stores = NoStores { task: 0 };
+        let mut ctx = StepContext {
             scope: &scope,
             origin: &origin,
+            stores: &mut stores,
         };
         let mut out = Vec::new();
         let record = Record {
@@ -318,7 +324,7 @@ mod tests {
             timestamp: Some(1),
             route: None,
         };
-        op.process(&ctx, record, &mut out)?;
+        op.process(&mut ctx, record, &mut out)?;
         Ok(out)
     }
 
