@@ -68,3 +68,42 @@ pub async fn create_topics(
     }
     Ok(outcomes)
 }
+
+/// Creates changelog topics: compacted (only the latest value per key
+/// matters for a restore), one partition per task.
+pub fn create_changelogs(
+    config: &PipelineConfig,
+    topics: &[&String],
+    partitions: i32,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = admin_client_config(config)
+        .create()
+        .context("creating the admin client")?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                partitions,
+                TopicReplication::Fixed(config.topics.replication_factor),
+            )
+            .set("cleanup.policy", "compact")
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    // Called from the pipeline thread, outside any async runtime.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for topic creation")?;
+    let results = runtime
+        .block_on(admin.create_topics(new_topics.iter(), &options))
+        .context("creating changelog topics")?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("creating changelog {name}: {code}"),
+        }
+    }
+    Ok(())
+}

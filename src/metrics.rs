@@ -30,6 +30,15 @@ pub struct Metrics {
     pub assigned_partitions: IntGauge,
     /// Times the Kafka clients were torn down and rebuilt after an error.
     pub restarts: IntCounter,
+    /// Store restores from changelogs, by store and kind (`tail`: from the
+    /// local copy's offset; `full`: no local copy).
+    pub state_restores: IntCounterVec,
+    /// Changelog records replayed into local stores, by store.
+    pub state_restored_records: IntCounterVec,
+    /// Time to restore one store of one task.
+    pub state_restore_seconds: Histogram,
+    /// Bytes of state writes buffered in the open transaction.
+    pub state_pending_bytes: IntGauge,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -93,6 +102,33 @@ impl Metrics {
             "millrace_client_restarts_total",
             "Times the Kafka clients were rebuilt after an error",
         ));
+        let state_restores = must(IntCounterVec::new(
+            Opts::new(
+                "millrace_state_restores_total",
+                "Store restores, by kind (tail or full)",
+            ),
+            &["store", "kind"],
+        ));
+        let state_restored_records = must(IntCounterVec::new(
+            Opts::new(
+                "millrace_state_restored_records_total",
+                "Changelog records replayed into local stores",
+            ),
+            &["store"],
+        ));
+        let state_restore_seconds = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "millrace_state_restore_seconds",
+                "Time to restore one store of one task",
+            )
+            .buckets(vec![
+                0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+        ));
+        let state_pending_bytes = must(IntGauge::new(
+            "millrace_state_pending_bytes",
+            "Bytes of state writes buffered in the open transaction",
+        ));
         for collector in [
             Box::new(records_in.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(records_out.clone()),
@@ -102,6 +138,10 @@ impl Metrics {
             Box::new(consumer_lag.clone()),
             Box::new(assigned_partitions.clone()),
             Box::new(restarts.clone()),
+            Box::new(state_restores.clone()),
+            Box::new(state_restored_records.clone()),
+            Box::new(state_restore_seconds.clone()),
+            Box::new(state_pending_bytes.clone()),
         ] {
             must(registry.register(collector));
         }
@@ -115,6 +155,10 @@ impl Metrics {
             consumer_lag,
             assigned_partitions,
             restarts,
+            state_restores,
+            state_restored_records,
+            state_restore_seconds,
+            state_pending_bytes,
         }
     }
 

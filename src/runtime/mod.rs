@@ -35,6 +35,9 @@ use crate::config::PipelineConfig;
 use crate::metrics::Metrics;
 use crate::ops::Health;
 use crate::pipeline::{Failure, FailureReason, Output, Pipeline};
+use crate::state::manager::{StateManager, changelog_topic};
+use crate::state::rocks::StateEnv;
+use crate::state::{NoStores, TaskStores};
 use crate::steps::Origin;
 
 /// How long one poll waits for a record when none is buffered.
@@ -64,11 +67,23 @@ pub fn run(
         let lines: Vec<String> = issues.iter().map(|(p, m)| format!("{p}: {m}")).collect();
         anyhow::anyhow!("pipeline does not build: {}", lines.join("; "))
     })?;
-    check_topics(config, &pipeline)?;
+    let partitions = prepare_topics(config, &pipeline)?;
+    let state_env = StateEnv::new(
+        config.state.block_cache_bytes,
+        config.state.write_buffer_bytes,
+    );
+    if !pipeline.stores().is_empty() {
+        info!(
+            dir = %config.state.dir.display(),
+            stores = ?pipeline.stores(),
+            partitions,
+            "stateful pipeline"
+        );
+    }
     let mut backoff = Duration::from_millis(500);
     loop {
         let started = Instant::now();
-        match run_once(config, &mut pipeline, &metrics, &health, &stop) {
+        match run_once(config, &mut pipeline, &state_env, &metrics, &health, &stop) {
             Ok(Ended::Stopped) => return Ok(()),
             Err(e) => {
                 metrics.restarts.inc();
@@ -96,34 +111,71 @@ fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) {
     }
 }
 
-/// Fails fast, naming the topic, when a source or output topic is missing.
-fn check_topics(config: &PipelineConfig, pipeline: &Pipeline) -> anyhow::Result<()> {
+/// Fails fast, naming the topic, when a source or output topic is missing
+/// or the sources are not co-partitioned, and creates the changelog topics
+/// of stateful steps (compacted, one partition per task). Returns the
+/// sources' partition count.
+fn prepare_topics(config: &PipelineConfig, pipeline: &Pipeline) -> anyhow::Result<i32> {
     let admin: BaseConsumer = clients::admin(config)
         .create()
         .context("creating the metadata client")?;
     let metadata = admin
         .fetch_metadata(None, Timeout::After(Duration::from_secs(30)))
         .with_context(|| format!("reading metadata from {}", config.kafka.bootstrap))?;
-    let existing: std::collections::HashSet<&str> = metadata
+    let existing: std::collections::HashMap<&str, i32> = metadata
         .topics()
         .iter()
         .filter(|t| t.error().is_none())
-        .map(|t| t.name())
+        .map(|t| (t.name(), t.partitions().len() as i32))
         .collect();
     let mut wanted: Vec<String> = config.sources.iter().map(|s| s.topic.clone()).collect();
     wanted.extend(pipeline.output_topics());
-    let missing: Vec<&String> = wanted
+    let missing: Vec<&str> = wanted
         .iter()
-        .filter(|t| !existing.contains(t.as_str()))
+        .filter(|t| !existing.contains_key(t.as_str()))
+        .map(String::as_str)
         .collect();
     if !missing.is_empty() {
-        let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
         bail!(
             "topics do not exist: {}; create them with `millrace topics create --config <file>`",
-            names.join(", ")
+            missing.join(", ")
         );
     }
-    Ok(())
+    let counts: Vec<(String, i32)> = config
+        .sources
+        .iter()
+        .map(|s| (s.topic.clone(), existing[s.topic.as_str()]))
+        .collect();
+    let partitions = counts[0].1;
+    if counts.iter().any(|(_, n)| *n != partitions) {
+        let shown: Vec<String> = counts.iter().map(|(t, n)| format!("{t}: {n}")).collect();
+        bail!(
+            "sources are not co-partitioned (a task is one partition number across all \
+             sources): {}",
+            shown.join(", ")
+        );
+    }
+    let changelogs: Vec<String> = pipeline
+        .stores()
+        .iter()
+        .map(|store| changelog_topic(&config.pipeline, store))
+        .collect();
+    for topic in &changelogs {
+        if let Some(n) = existing.get(topic.as_str()) {
+            if *n != partitions {
+                bail!("changelog {topic} has {n} partitions; the sources have {partitions}");
+            }
+        }
+    }
+    let to_create: Vec<&String> = changelogs
+        .iter()
+        .filter(|t| !existing.contains_key(t.as_str()))
+        .collect();
+    if !to_create.is_empty() {
+        crate::admin::create_changelogs(config, &to_create, partitions)?;
+        info!(topics = ?to_create, "created changelog topics");
+    }
+    Ok(partitions)
 }
 
 /// One incarnation of the clients: build, subscribe, process until stopped
@@ -131,6 +183,7 @@ fn check_topics(config: &PipelineConfig, pipeline: &Pipeline) -> anyhow::Result<
 fn run_once(
     config: &PipelineConfig,
     pipeline: &mut Pipeline,
+    state_env: &StateEnv,
     metrics: &Arc<Metrics>,
     health: &Arc<Health>,
     stop: &AtomicBool,
@@ -145,9 +198,20 @@ fn run_once(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(1_000_000);
     let producer: BaseProducer<DeliveryLog> = producer_config
-        .create_with_context(DeliveryLog)
+        .create_with_context(DeliveryLog::default())
         .context("creating the producer")?;
-    let txn = Transaction::init(producer, metrics.clone(), config.commit.timeout)?;
+    let stores = pipeline.stores();
+    let state = (!stores.is_empty()).then(|| {
+        StateManager::new(
+            state_env.clone(),
+            &config.state.dir,
+            &config.pipeline,
+            stores,
+            clients::admin(config),
+            metrics.clone(),
+        )
+    });
+    let txn = Transaction::init(producer, metrics.clone(), config.commit.timeout, state)?;
     let txn = Arc::new(Mutex::new(Some(txn)));
 
     health.set_not_ready("joining the consumer group");
@@ -239,9 +303,10 @@ impl Worker<'_> {
                     warn!(error = %e, "consumer error");
                 }
             }
+            let commit = &self.config.commit;
             let due = self.with_txn(|t| {
                 t.poll();
-                Ok(t.is_due(self.config.commit.interval, self.config.commit.max_records))
+                Ok(t.is_due(commit.interval, commit.max_records, commit.max_buffer_bytes))
             })?;
             if due {
                 self.commit(consumer)?;
@@ -276,76 +341,78 @@ impl Worker<'_> {
             offset: message.offset(),
         };
         let timestamp = message.timestamp().to_millis();
-        let mut stores = crate::state::NoStores {
+        let pipeline_name = &self.config.pipeline;
+        let dead_letter_topic = self.pipeline.dead_letter_topic().to_string();
+        let mut slot = lock(self.txn);
+        let txn = slot
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the transaction is closed"))?;
+        // The record's task is its partition; stateless pipelines get stores
+        // that refuse every access.
+        let mut no_stores = NoStores {
             task: origin.partition,
+        };
+        let stores: &mut dyn TaskStores = match txn.state_mut() {
+            Some(state) => state.task_stores(origin.partition)?,
+            None => &mut no_stores,
         };
         let result = self
             .pipeline
-            .process(
-                &origin,
-                message.key(),
-                message.payload(),
-                timestamp,
-                &mut stores,
-            )?
-            .and_then(|outputs| self.check_sizes(outputs));
-        let pipeline_name = &self.config.pipeline;
-        let dead_letter_topic = self.pipeline.dead_letter_topic().to_string();
-        self.with_txn(|txn| {
-            match result {
-                Ok(outputs) => {
-                    for out in outputs {
-                        txn.send(
-                            &out.topic,
-                            out.key.as_deref(),
-                            &out.payload,
-                            out.timestamp,
-                            None,
-                        )?;
-                        txn.count_output(&out.topic);
-                    }
-                }
-                Err(failure) => {
-                    let headers = dead_letter::headers(
-                        pipeline_name,
-                        &origin,
-                        timestamp,
-                        &failure,
-                        message.headers(),
-                    );
+            .process(&origin, message.key(), message.payload(), timestamp, stores)?
+            .and_then(|outputs| check_sizes(outputs, self.max_bytes));
+        match result {
+            Ok(outputs) => {
+                for out in outputs {
                     txn.send(
-                        &dead_letter_topic,
-                        message.key(),
-                        message.payload().unwrap_or_default(),
-                        timestamp,
-                        Some(headers),
+                        &out.topic,
+                        out.key.as_deref(),
+                        Some(&out.payload),
+                        out.timestamp,
+                        None,
                     )?;
-                    txn.count_dead_letter(&origin.topic, failure.reason.as_str());
+                    txn.count_output(&out.topic);
                 }
             }
-            txn.consumed(&origin.topic, origin.partition, origin.offset)
-        })
-    }
-
-    /// Outputs too large for the producer go to the dead-letter topic
-    /// instead (the broker would refuse them and the transaction would abort
-    /// forever on the same record).
-    fn check_sizes(&self, outputs: Vec<Output>) -> Result<Vec<Output>, Failure> {
-        for out in &outputs {
-            let size = out.payload.len() + out.key.as_ref().map_or(0, Vec::len);
-            if size > self.max_bytes {
-                return Err(Failure {
-                    reason: FailureReason::Encode,
-                    at: format!("output to {}", out.topic),
-                    message: format!(
-                        "the output record is {size} bytes; the producer's limit is {}",
-                        self.max_bytes
-                    ),
-                });
+            Err(failure) => {
+                let headers = dead_letter::headers(
+                    pipeline_name,
+                    &origin,
+                    timestamp,
+                    &failure,
+                    message.headers(),
+                );
+                txn.send(
+                    &dead_letter_topic,
+                    message.key(),
+                    message.payload(),
+                    timestamp,
+                    Some(headers),
+                )?;
+                txn.count_dead_letter(&origin.topic, failure.reason.as_str());
             }
         }
-        Ok(outputs)
+        txn.consumed(&origin.topic, origin.partition, origin.offset)?;
+        Ok(())
     }
+}
+
+/// Outputs too large for the producer go to the dead-letter topic instead
+/// (the broker would refuse them and the transaction would abort forever on
+/// the same record).
+fn check_sizes(outputs: Vec<Output>, max_bytes: usize) -> Result<Vec<Output>, Failure> {
+    for out in &outputs {
+        let size = out.payload.len() + out.key.as_ref().map_or(0, Vec::len);
+        if size > max_bytes {
+            return Err(Failure {
+                reason: FailureReason::Encode,
+                at: format!("output to {}", out.topic),
+                message: format!(
+                    "the output record is {size} bytes; the producer's limit is {max_bytes}"
+                ),
+            });
+        }
+    }
+    Ok(outputs)
 }
 
 /// Logs an error that ends the process.

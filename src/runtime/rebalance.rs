@@ -82,6 +82,34 @@ impl EosContext {
         }
     }
 
+    /// Opens (and restores) the state of newly assigned tasks.
+    fn open_tasks(&self, assigned: &TopicPartitionList) {
+        let mut slot = lock(&self.txn);
+        let Some(state) = slot.as_mut().and_then(|t| t.state_mut()) else {
+            return;
+        };
+        let mut tasks: Vec<i32> = assigned.elements().iter().map(|e| e.partition()).collect();
+        tasks.sort_unstable();
+        tasks.dedup();
+        for task in tasks {
+            if let Err(e) = state.open_task(task) {
+                drop(slot);
+                self.fail(format!("restoring task {task}: {e}"));
+                return;
+            }
+        }
+    }
+
+    /// Closes the state of revoked tasks (their writes were just committed).
+    fn close_tasks(&self, revoked: &TopicPartitionList) {
+        let mut slot = lock(&self.txn);
+        if let Some(state) = slot.as_mut().and_then(|t| t.state_mut()) {
+            for element in revoked.elements() {
+                state.close_task(element.partition());
+            }
+        }
+    }
+
     /// Sets the start offset of every assigned partition the group has not
     /// committed, according to its source's `start`.
     fn resolve_starts(
@@ -147,6 +175,9 @@ impl ConsumerContext for EosContext {
                 if let Err(e) = result {
                     self.fail(format!("assign: {e}"));
                 }
+                // Restore before processing: the loop polls (and so reads
+                // these partitions) only after this callback returns.
+                self.open_tasks(tpl);
                 let total = consumer.assignment().map(|a| a.count()).unwrap_or(0);
                 self.metrics.assigned_partitions.set(total as i64);
                 info!(added = tpl.count(), total, "partitions assigned");
@@ -154,6 +185,7 @@ impl ConsumerContext for EosContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.commit_before_revoke(consumer);
+                self.close_tasks(tpl);
                 for element in tpl.elements() {
                     let _ = self
                         .metrics

@@ -9,17 +9,19 @@
 //! the offsets move.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
+use crate::state::StateError;
+use crate::state::manager::StateManager;
 
 /// Why a transaction could not be committed. Either way the transaction's
 /// effects are gone and the records must be read again, which the caller
@@ -33,11 +35,27 @@ pub enum TxnError {
     /// The producer is fenced or broken and must be recreated.
     #[error("producer failed: {0}")]
     Fatal(String),
+    /// The transaction committed but the local state could not record it;
+    /// the next owner of the task restores the missing tail from the
+    /// changelog.
+    #[error("state after commit: {0}")]
+    State(#[from] StateError),
 }
 
-/// Logs delivery failures; their effect on the transaction is reported by
-/// `commit_transaction`, which fails if any delivery did.
-pub struct DeliveryLog;
+/// Watches deliveries: logs failures (their effect on the transaction is
+/// reported by `commit_transaction`, which fails if any delivery did) and
+/// remembers the last offset delivered per partition, which tells the state
+/// layer how far each changelog reaches after a commit.
+#[derive(Default)]
+pub struct DeliveryLog {
+    delivered: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl DeliveryLog {
+    fn take_delivered(&self) -> HashMap<(String, i32), i64> {
+        std::mem::take(&mut *self.delivered.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
 
 impl ClientContext for DeliveryLog {}
 
@@ -45,8 +63,15 @@ impl ProducerContext for DeliveryLog {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((e, _)) = result {
-            warn!(error = %e, "delivery failed; the transaction will abort");
+        match result {
+            Ok(m) => {
+                let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = delivered
+                    .entry((m.topic().to_string(), m.partition()))
+                    .or_insert(m.offset());
+                *entry = (*entry).max(m.offset());
+            }
+            Err((e, _)) => warn!(error = %e, "delivery failed; the transaction will abort"),
         }
     }
 }
@@ -73,6 +98,8 @@ pub struct Transaction {
     /// Set when a commit from a rebalance callback failed: the callback
     /// cannot return an error, so the processing loop picks it up here.
     failure: Option<String>,
+    /// Stores of stateful steps; `None` for stateless pipelines.
+    state: Option<StateManager>,
 }
 
 /// How long `send` waits for room in the producer queue before giving up.
@@ -85,6 +112,7 @@ impl Transaction {
         producer: BaseProducer<DeliveryLog>,
         metrics: Arc<Metrics>,
         timeout: Duration,
+        state: Option<StateManager>,
     ) -> Result<Transaction, TxnError> {
         producer
             .init_transactions(timeout)
@@ -99,6 +127,7 @@ impl Transaction {
             metrics,
             timeout,
             failure: None,
+            state,
         })
     }
 
@@ -118,12 +147,15 @@ impl Transaction {
         &mut self,
         topic: &str,
         key: Option<&[u8]>,
-        payload: &[u8],
+        payload: Option<&[u8]>,
         timestamp: Option<i64>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), TxnError> {
         self.ensure_open()?;
-        let mut record = BaseRecord::to(topic).payload(payload);
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
         if let Some(key) = key {
             record = record.key(key);
         }
@@ -177,9 +209,20 @@ impl Transaction {
         Ok(())
     }
 
-    /// Whether the open transaction should commit now.
-    pub fn is_due(&self, interval: Duration, max_records: usize) -> bool {
-        self.open && (self.consumed >= max_records || self.opened_at.elapsed() >= interval)
+    /// Whether the open transaction should commit now: its interval is
+    /// over, or it holds too many records or too many buffered state bytes.
+    pub fn is_due(&self, interval: Duration, max_records: usize, max_buffer_bytes: usize) -> bool {
+        let buffered = self.state.as_ref().map_or(0, StateManager::pending_bytes);
+        self.metrics.state_pending_bytes.set(buffered as i64);
+        self.open
+            && (self.consumed >= max_records
+                || buffered >= max_buffer_bytes
+                || self.opened_at.elapsed() >= interval)
+    }
+
+    /// The state of stateful steps, if the pipeline has any.
+    pub fn state_mut(&mut self) -> Option<&mut StateManager> {
+        self.state.as_mut()
     }
 
     /// Serves delivery reports; call often.
@@ -197,14 +240,16 @@ impl Transaction {
         self.failure.get_or_insert(why);
     }
 
-    /// Commits outputs and offsets together. On error the transaction is
-    /// aborted (if the producer still can) and its effects are gone.
+    /// Commits outputs, state changelog records and offsets together, then
+    /// moves the state writes into the local stores. On error the
+    /// transaction is aborted (if the producer still can), its state writes
+    /// are discarded and its effects are gone.
     pub fn commit(&mut self, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
         if !self.open {
             return Ok(());
         }
         let started = Instant::now();
-        let result = self.try_commit(group);
+        let result = self.send_changelog().and_then(|()| self.try_commit(group));
         match &result {
             Ok(()) => {
                 self.metrics
@@ -234,7 +279,11 @@ impl Transaction {
                         .inc_by(n);
                 }
                 debug!(records = self.consumed, "transaction committed");
+                let delivered = self.producer.context().take_delivered();
                 self.reset();
+                if let Some(state) = self.state.as_mut() {
+                    state.apply_committed(&delivered)?;
+                }
             }
             Err(e) => {
                 warn!(error = %e, "commit failed");
@@ -242,6 +291,50 @@ impl Transaction {
             }
         }
         result
+    }
+
+    /// Produces the open transaction's state writes to their changelogs.
+    fn send_changelog(&mut self) -> Result<(), TxnError> {
+        let Some(state) = self.state.take() else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        for (topic, partition, key, value) in state.changelog_records() {
+            result = self.send_to(&topic, partition, key, value);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.state = Some(state);
+        result
+    }
+
+    fn send_to(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), TxnError> {
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).partition(partition).key(key);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    self.producer.poll(QUEUE_FULL_WAIT);
+                }
+                Err((e, _)) => {
+                    return Err(TxnError::Aborted(format!(
+                        "changelog {topic}[{partition}]: {e}"
+                    )));
+                }
+            }
+        }
     }
 
     fn try_commit(&mut self, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
@@ -275,6 +368,10 @@ impl Transaction {
                 Err(e) => warn!(error = %e, "abort failed; the producer will be rebuilt"),
             }
         }
+        if let Some(state) = self.state.as_mut() {
+            state.discard();
+        }
+        self.producer.context().take_delivered();
         self.reset();
     }
 

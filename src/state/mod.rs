@@ -9,6 +9,11 @@
 
 use std::collections::BTreeMap;
 
+pub mod manager;
+pub mod restore;
+pub mod rocks;
+pub mod task;
+
 /// Why a store could not be read or written. Not the record's fault: the
 /// runtime rebuilds its clients and state rather than dead-lettering.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

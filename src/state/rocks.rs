@@ -22,7 +22,8 @@ use super::StateError;
 const META_CF: &str = "millrace.meta";
 
 /// Memory shared by every store of the process, so that the total is
-/// bounded by configuration whatever the number of tasks.
+/// bounded by configuration whatever the number of tasks. Clones share.
+#[derive(Clone)]
 pub struct StateEnv {
     cache: Cache,
     write_buffers: WriteBufferManager,
@@ -33,8 +34,11 @@ impl StateEnv {
     /// `write_buffer_bytes` (charged to the same cache).
     pub fn new(block_cache_bytes: usize, write_buffer_bytes: usize) -> StateEnv {
         let cache = Cache::new_lru_cache(block_cache_bytes);
-        let write_buffers =
-            WriteBufferManager::new_write_buffer_manager_with_cache(write_buffer_bytes, false, cache.clone());
+        let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+            write_buffer_bytes,
+            false,
+            cache.clone(),
+        );
         StateEnv {
             cache,
             write_buffers,
@@ -78,15 +82,15 @@ impl TaskDb {
     /// the same task fail, so two instances sharing a volume can never both
     /// own a task's state.
     pub fn open(env: &StateEnv, path: &Path, stores: &[String]) -> Result<TaskDb, StateError> {
-        std::fs::create_dir_all(path).map_err(|e| storage(&format!("creating {}", path.display()), e))?;
+        std::fs::create_dir_all(path)
+            .map_err(|e| storage(&format!("creating {}", path.display()), e))?;
         let opts = env.options();
         let mut families = vec![ColumnFamilyDescriptor::new(META_CF, env.options())];
         for store in stores {
             families.push(ColumnFamilyDescriptor::new(store, env.options()));
         }
-        let db = DB::open_cf_descriptors(&opts, path, families).map_err(|e| {
-            storage(&format!("opening state {}", path.display()), e)
-        })?;
+        let db = DB::open_cf_descriptors(&opts, path, families)
+            .map_err(|e| storage(&format!("opening state {}", path.display()), e))?;
         Ok(TaskDb {
             db,
             path: path.to_path_buf(),
@@ -132,7 +136,9 @@ impl TaskDb {
 
     pub fn get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         let cf = self.cf(store)?;
-        self.db.get_cf(cf, key).map_err(|e| storage("reading state", e))
+        self.db
+            .get_cf(cf, key)
+            .map_err(|e| storage("reading state", e))
     }
 
     /// Committed entries with `from <= key < to`, in order, at most `limit`.
@@ -181,7 +187,9 @@ impl TaskDb {
         for (store, offset) in offsets {
             batch.put_cf(meta, store.as_bytes(), offset.to_be_bytes());
         }
-        self.db.write(batch).map_err(|e| storage("writing state", e))
+        self.db
+            .write(batch)
+            .map_err(|e| storage("writing state", e))
     }
 }
 
@@ -206,14 +214,23 @@ mod tests {
                     (b"c".to_vec(), None),
                 ]),
             );
-            db.apply(&changes, &BTreeMap::from([("w".to_string(), 42)])).unwrap();
+            db.apply(&changes, &BTreeMap::from([("w".to_string(), 42)]))
+                .unwrap();
         }
         let db = TaskDb::open(&env, dir.path(), &stores).unwrap();
         assert_eq!(db.changelog_offset("w").unwrap(), Some(42));
         assert_eq!(db.get("w", b"a").unwrap(), Some(b"1".to_vec()));
-        let keys: Vec<Vec<u8>> = db.range("w", b"a", b"z", 10).unwrap().into_iter().map(|e| e.0).collect();
+        let keys: Vec<Vec<u8>> = db
+            .range("w", b"a", b"z", 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(keys, vec![b"a".to_vec(), b"b".to_vec()]);
-        assert!(matches!(db.get("nope", b"a"), Err(StateError::Undeclared(_))));
+        assert!(matches!(
+            db.get("nope", b"a"),
+            Err(StateError::Undeclared(_))
+        ));
     }
 
     #[test]

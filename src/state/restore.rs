@@ -1,0 +1,127 @@
+//! Restoring a task's local stores from their changelog topics.
+//!
+//! The local copy is complete up to the changelog offset stored with it, so
+//! restore reads only from there to the end (a *tail* restore). A task with
+//! no local copy (new machine, deleted or corrupt directory) reads the whole
+//! partition (a *full* restore). Reads are `read_committed`: aborted
+//! changelog records never reach a store.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tracing::info;
+
+use super::StateError;
+use super::rocks::{Change, TaskDb};
+
+/// Records applied to RocksDB per write batch during a restore.
+const BATCH: usize = 10_000;
+/// Longest a restore may go without reading anything before it gives up.
+const STALL: Duration = Duration::from_secs(120);
+
+/// What one store's restore did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// `true` when the whole changelog was read (no local copy).
+    pub full: bool,
+    pub records: u64,
+    pub elapsed: Duration,
+}
+
+fn kafka(context: &str, e: KafkaError) -> StateError {
+    StateError::Storage(format!("{context}: {e}"))
+}
+
+/// Brings `store` of `db` up to the end of its changelog partition.
+pub fn restore(
+    client: &ClientConfig,
+    db: &TaskDb,
+    store: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Restored, StateError> {
+    let started = Instant::now();
+    let stored = db.changelog_offset(store)?;
+    let start = stored.map_or(Offset::Beginning, Offset::Offset);
+    let mut config = client.clone();
+    config
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .set("enable.auto.commit", "false")
+        .set("group.id", format!("{topic}-restore"));
+    let consumer: BaseConsumer = config.create().map_err(|e| kafka("restore consumer", e))?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, start)
+        .map_err(|e| kafka("restore assignment", e))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| kafka("restore assignment", e))?;
+
+    let mut batch: BTreeMap<Vec<u8>, Change> = BTreeMap::new();
+    let mut records = 0u64;
+    let mut last_read = Instant::now();
+    let flush = |batch: &mut BTreeMap<Vec<u8>, Change>, next: i64| {
+        let changes = BTreeMap::from([(store.to_string(), std::mem::take(batch))]);
+        db.apply(&changes, &BTreeMap::from([(store.to_string(), next)]))
+    };
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {
+                if last_read.elapsed() > STALL {
+                    return Err(StateError::Storage(format!(
+                        "restore of {topic}[{partition}] read nothing for {STALL:?}"
+                    )));
+                }
+            }
+            Some(Ok(m)) => {
+                last_read = Instant::now();
+                let key = m.key().unwrap_or_default().to_vec();
+                batch.insert(key, m.payload().map(<[u8]>::to_vec));
+                records += 1;
+                if batch.len() >= BATCH {
+                    flush(&mut batch, m.offset() + 1)?;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => return Err(kafka("reading the changelog", e)),
+        }
+    }
+    // The position after the end: past the last record and any transaction
+    // markers, so the next restore starts exactly there.
+    let position = consumer
+        .position()
+        .map_err(|e| kafka("restore position", e))?
+        .find_partition(topic, partition)
+        .and_then(|p| p.offset().to_raw())
+        .filter(|o| *o >= 0);
+    // Nothing read from the beginning: the partition holds no committed
+    // record, so its start is a safe (and exact) place to resume from.
+    let next = match position.or(stored) {
+        Some(next) => next,
+        None => {
+            consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(30))
+                .map_err(|e| kafka("changelog watermarks", e))?
+                .0
+        }
+    };
+    flush(&mut batch, next)?;
+    let restored = Restored {
+        full: stored.is_none(),
+        records,
+        elapsed: started.elapsed(),
+    };
+    info!(
+        store,
+        partition,
+        full = restored.full,
+        records,
+        elapsed = ?restored.elapsed,
+        "restored"
+    );
+    Ok(restored)
+}
