@@ -161,10 +161,10 @@ fn prepare_topics(config: &PipelineConfig, pipeline: &Pipeline) -> anyhow::Resul
         .map(|store| changelog_topic(&config.pipeline, store))
         .collect();
     for topic in &changelogs {
-        if let Some(n) = existing.get(topic.as_str()) {
-            if *n != partitions {
-                bail!("changelog {topic} has {n} partitions; the sources have {partitions}");
-            }
+        if let Some(n) = existing.get(topic.as_str())
+            && *n != partitions
+        {
+            bail!("changelog {topic} has {n} partitions; the sources have {partitions}");
         }
     }
     let to_create: Vec<&String> = changelogs

@@ -17,7 +17,7 @@ use rocksdb::{
     ReadOptions, WriteBatch, WriteBufferManager,
 };
 
-use super::StateError;
+use super::{Entries, StateError};
 
 const META_CF: &str = "millrace.meta";
 
@@ -148,7 +148,7 @@ impl TaskDb {
         from: &[u8],
         to: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StateError> {
+    ) -> Result<Entries, StateError> {
         let cf = self.cf(store)?;
         let mut read = ReadOptions::default();
         read.set_iterate_upper_bound(to.to_vec());

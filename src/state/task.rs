@@ -163,7 +163,7 @@ mod tests {
                     .wrapping_add(1442695040888963407);
                 let key = format!("k{:02}", (seed >> 33) % 40).into_bytes();
                 let store = task.store("s").unwrap();
-                if (seed >> 20) % 3 == 0 {
+                if (seed >> 20).is_multiple_of(3) {
                     store.delete(&key);
                     reference.delete(&key);
                 } else {
