@@ -58,6 +58,41 @@ pub struct PipelineConfig {
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Local state of stateful steps.
+    #[serde(default)]
+    pub state: StateConfig,
+}
+
+/// Where stateful steps keep their local state, and how much memory it may
+/// use. The local state is a cache of the changelog topics: deleting it
+/// costs a full restore, never data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Directory of the local stores; a pipeline's tasks live in
+    /// `<dir>/<pipeline>/task-<partition>`. Default
+    /// `$XDG_STATE_HOME/millrace` (`~/.local/state/millrace`).
+    pub dir: PathBuf,
+    /// RocksDB block cache shared by every store of the process, in bytes.
+    /// Default 64 MiB.
+    pub block_cache_bytes: usize,
+    /// RocksDB write-buffer (memtable) budget shared by every store of the
+    /// process, in bytes. Default 64 MiB.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(|| PathBuf::from("."));
+        StateConfig {
+            dir: base.join("millrace"),
+            block_cache_bytes: 64 << 20,
+            write_buffer_bytes: 64 << 20,
+        }
+    }
 }
 
 /// Kafka connection settings.
@@ -285,6 +320,10 @@ pub struct CommitConfig {
     /// answer). Default `60s`.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Commit early once the open transaction's buffered state writes pass
+    /// this many bytes, whatever the interval, so memory stays bounded.
+    /// Default 64 MiB.
+    pub max_buffer_bytes: usize,
 }
 
 impl Default for CommitConfig {
@@ -293,6 +332,7 @@ impl Default for CommitConfig {
             interval: Duration::from_millis(100),
             max_records: 50_000,
             timeout: Duration::from_secs(60),
+            max_buffer_bytes: 64 << 20,
         }
     }
 }
