@@ -175,6 +175,31 @@ pub async fn produce(
     Ok(())
 }
 
+/// Produces records (key, partition, value) to chosen partitions, in order,
+/// and flushes.
+pub async fn produce_to(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[(String, i32, Vec<u8>)],
+) -> anyhow::Result<()> {
+    let mut pending = Vec::with_capacity(records.len());
+    for (key, partition, value) in records {
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .partition(*partition)
+            .payload(value);
+        match producer.send_result(record) {
+            Ok(delivery) => pending.push(delivery),
+            Err((e, _)) => bail!("produce: {e}"),
+        }
+    }
+    for d in pending {
+        d.await?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+    }
+    producer.flush(Timeout::After(Duration::from_secs(30)))?;
+    Ok(())
+}
+
 /// Reads every committed record of a topic, from the beginning to the end
 /// (the last stable offset of every partition), as a `read_committed`
 /// consumer outside any group.
