@@ -14,6 +14,7 @@ use crate::logging::{self, LogFormat};
 use crate::metrics::Metrics;
 use crate::ops::{self, Health};
 use crate::pipeline::Pipeline;
+use crate::reset::ResetTo;
 use crate::runtime;
 
 /// Millrace: an exactly-once stream processor beside Apache Kafka or Redpanda.
@@ -52,6 +53,22 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Rewind a pipeline: move its group's offsets, delete its changelog
+    /// topics and local state, so the next run reprocesses from there and
+    /// rebuilds state consistently. Dry run unless --execute. Refuses while
+    /// the group has live members.
+    Reset {
+        /// The pipeline file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// `earliest`, `latest`, a time (RFC 3339 or epoch ms), or
+        /// `topic:partition:offset,...`.
+        #[arg(long)]
+        to: String,
+        /// Apply the reset (default: only print what would happen).
+        #[arg(long)]
+        execute: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +96,42 @@ pub fn main() -> ExitCode {
         Command::Topics {
             command: TopicsCommand::Create { config },
         } => topics_create(&config),
+        Command::Reset {
+            config,
+            to,
+            execute,
+        } => reset(&config, &to, execute),
+    }
+}
+
+fn reset(path: &Path, to: &str, execute: bool) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let to = match ResetTo::parse(to) {
+        Ok(to) => to,
+        Err(e) => {
+            eprintln!("error: --to: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let pipeline = match Pipeline::build(&config) {
+        Ok(p) => p,
+        Err(_) => return ExitCode::from(EXIT_CONFIG),
+    };
+    let result = tokio_runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(crate::reset::reset(&config, &pipeline, &to, execute)));
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
+pub mod reset;
 pub mod runtime;
 pub mod state;
 pub mod steps;

@@ -120,6 +120,18 @@ impl Pipeline {
                 key,
             });
         }
+        // Indices line up with `config.steps` only when every step built.
+        let built_all = steps_built.len() == config.steps.len();
+        for (i, name) in steps::duplicate_stores(&steps_built)
+            .into_iter()
+            .filter(|_| built_all)
+        {
+            let kind = config.steps[i].kind();
+            issues.push((
+                format!("steps[{i}].{kind}"),
+                format!("store name `{name}` is already used by an earlier step"),
+            ));
+        }
         if !issues.is_empty() {
             return Err(issues);
         }

@@ -194,7 +194,8 @@ pub async fn produce_to(
         }
     }
     for d in pending {
-        d.await?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+        d.await?
+            .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
     }
     producer.flush(Timeout::After(Duration::from_secs(30)))?;
     Ok(())

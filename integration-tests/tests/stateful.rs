@@ -21,7 +21,10 @@ const PARTITIONS: i32 = 4;
 const KEYS: u64 = 128;
 const WINDOW_MS: i64 = 10_000;
 const LATENESS_MS: i64 = 3_000;
-const T0: i64 = 1_800_000_000_000;
+// In the past: brokers refuse record timestamps more than
+// `log.message.timestamp.after.max.ms` (1 h by default) in the future, and
+// window outputs carry their window end as timestamp.
+const T0: i64 = 1_700_000_000_000;
 
 /// Record `i`: key, partition, event time and value. Event time moves 5 ms
 /// per record with up to 2 s of disorder, less than the 3 s lateness, so no
@@ -81,15 +84,32 @@ fn pipeline_yaml(
     state_dir: &std::path::Path,
     emit: &str,
 ) -> String {
+    instance_yaml(name, "a", true, input, output, dead, state_dir, emit)
+}
+
+/// One instance's pipeline file: `instance` names its transactional id;
+/// with `static_membership` a restart takes its partitions back at once.
+#[allow(clippy::too_many_arguments)]
+fn instance_yaml(
+    name: &str,
+    instance: &str,
+    static_membership: bool,
+    input: &str,
+    output: &str,
+    dead: &str,
+    state_dir: &std::path::Path,
+    emit: &str,
+) -> String {
     format!(
         r#"
 pipeline: {name}
 kafka:
   group_id: {name}
-  instance_id: it-{name}
-  static_membership: true
+  instance_id: it-{name}-{instance}
+  static_membership: {static_membership}
   consumer_properties:
-    session.timeout.ms: "10000"
+    session.timeout.ms: "6000"
+    heartbeat.interval.ms: "500"
 sources:
   - topic: {input}
 steps:
@@ -241,8 +261,14 @@ fn crash_windowed(emit: &str, total: u64, min_kills: usize) -> anyhow::Result<()
 
     let (windows, watermarks) = reference(total);
     let out = read_committed(&output)?;
-    progress(&format!("{emit}: {kills} kills, {} committed outputs", out.len()));
-    assert!(read_committed(&dead)?.is_empty(), "no record is late or bad");
+    progress(&format!(
+        "{emit}: {kills} kills, {} committed outputs",
+        out.len()
+    ));
+    assert!(
+        read_committed(&dead)?.is_empty(),
+        "no record is late or bad"
+    );
     match emit {
         "final" => {
             // Exactly the windows that closed (end <= the partition's final
@@ -356,7 +382,10 @@ fn restart_replays_only_the_changelog_tail_and_a_lost_state_is_rebuilt() -> anyh
     m.restart()?;
     wait_caught_up(&name, &input, &m)?;
     let full = m.metric("millrace_state_restores_total{kind=\"full\",store=\"window-0\"}")?;
-    assert_eq!(full, PARTITIONS as f64, "every task rebuilt from its changelog");
+    assert_eq!(
+        full, PARTITIONS as f64,
+        "every task rebuilt from its changelog"
+    );
     assert_eq!(m.terminate(Duration::from_secs(30))?, Some(0));
 
     let (windows, _) = reference(total);
@@ -369,5 +398,77 @@ fn restart_replays_only_the_changelog_tail_and_a_lost_state_is_rebuilt() -> anyh
         }
     }
     assert_eq!(last, windows, "results after a full restore");
+    Ok(())
+}
+
+#[test]
+fn instances_joining_and_dying_mid_run_change_nothing() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let name = unique("rebalance");
+    let input = format!("{name}-in");
+    let output = format!("{name}-out");
+    let dead = format!("{name}-dead");
+    rt.block_on(create_topics(&[
+        (&input, PARTITIONS),
+        (&output, PARTITIONS),
+        (&dead, 1),
+    ]))?;
+    let dirs: Vec<tempfile::TempDir> = (0..4)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let yaml = |i: usize| {
+        let instance = ["a", "b", "c", "d"][i];
+        instance_yaml(
+            &name,
+            instance,
+            false,
+            &input,
+            &output,
+            &dead,
+            dirs[i].path(),
+            "final",
+        )
+    };
+    let total = 120_000u64;
+    let p = producer();
+    let chunk = total / 4;
+    rt.block_on(produce_to(&p, &input, &records(0..chunk)))?;
+    let mut a = Millrace::start(&yaml(0))?;
+    let mut b = Millrace::start(&yaml(1))?;
+    let mut c = Millrace::start(&yaml(2))?;
+    std::thread::sleep(Duration::from_secs(8));
+    rt.block_on(produce_to(&p, &input, &records(chunk..2 * chunk)))?;
+    std::thread::sleep(Duration::from_secs(3));
+    a.kill()?;
+    progress("rebalance: killed instance a");
+    rt.block_on(produce_to(&p, &input, &records(2 * chunk..3 * chunk)))?;
+    let mut d = Millrace::start(&yaml(3))?;
+    progress("rebalance: added instance d");
+    std::thread::sleep(Duration::from_secs(5));
+    rt.block_on(produce_to(&p, &input, &records(3 * chunk..total)))?;
+    wait_caught_up(&name, &input, &b)?;
+    for m in [&mut b, &mut c, &mut d] {
+        assert_eq!(m.terminate(Duration::from_secs(30))?, Some(0));
+    }
+
+    let (windows, watermarks) = reference(total);
+    let expected: BTreeMap<(String, i64), Agg> = windows
+        .into_iter()
+        .filter(|((key, start), _)| {
+            let number: u64 = key.trim_start_matches("sensor-").parse().unwrap_or(0);
+            start + WINDOW_MS <= watermarks[&((number % PARTITIONS as u64) as i32)]
+        })
+        .collect();
+    let mut got = BTreeMap::new();
+    for m in read_committed(&output)? {
+        let p = parse(&m);
+        assert!(
+            got.insert((p.key.clone(), p.start), p.agg).is_none(),
+            "window ({}, {}) emitted twice",
+            p.key,
+            p.start
+        );
+    }
+    assert_eq!(got, expected);
     Ok(())
 }

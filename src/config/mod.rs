@@ -265,6 +265,13 @@ pub enum StepConfig {
     Rekey(String),
     /// Choose the sink by name: the expression returns a sink name.
     Route(String),
+    /// Aggregate per key over event-time windows (tumbling, hopping,
+    /// session); see [`WindowConfig`].
+    Window(WindowConfig),
+    /// Drop records whose id was seen within a ttl; see [`DedupConfig`].
+    Dedup(DedupConfig),
+    /// Running aggregate per key; see [`ReduceConfig`].
+    Reduce(ReduceConfig),
 }
 
 impl StepConfig {
@@ -277,7 +284,238 @@ impl StepConfig {
             StepConfig::Set(_) => "set",
             StepConfig::Rekey(_) => "rekey",
             StepConfig::Route(_) => "route",
+            StepConfig::Window(_) => "window",
+            StepConfig::Dedup(_) => "dedup",
+            StepConfig::Reduce(_) => "reduce",
         }
+    }
+}
+
+/// `window`: aggregates per record key over event-time windows.
+///
+/// ```yaml
+/// - window:
+///     type: tumbling
+///     size: 10s
+///     value: value.hr
+///     aggregates: [count, mean, p99]
+/// ```
+///
+/// Emits `{"key", "start", "end", <aggregates>}` keyed by the record key,
+/// timestamped with the window end. Records need a key (use `rekey`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Name of the state store. Default `window-<index>` (the step's index
+    /// in `steps`). Letters, digits, `.`, `_`, `-`; unique in the pipeline.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `tumbling` (fixed, back-to-back windows of `size`), `hopping`
+    /// (windows of `size` starting every `advance`, overlapping) or
+    /// `session` (activity separated by more than `gap`). Required.
+    #[serde(rename = "type")]
+    pub window_type: WindowType,
+    /// Length of tumbling and hopping windows (e.g. `10s`). Required for
+    /// them, refused for sessions. Windows are aligned to the epoch:
+    /// `[k * advance, k * advance + size)`.
+    #[serde(default, with = "humantime_serde")]
+    pub size: Option<Duration>,
+    /// Hopping only: distance between window starts, `0 < advance <= size`.
+    /// Required for hopping windows.
+    #[serde(default, with = "humantime_serde")]
+    pub advance: Option<Duration>,
+    /// Session only: the inactivity that ends a session. Required for
+    /// sessions.
+    #[serde(default, with = "humantime_serde")]
+    pub gap: Option<Duration>,
+    /// Expression for the event time in milliseconds since the epoch (int
+    /// or double). Default: the record timestamp (a record with neither is
+    /// dead-lettered).
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Expression for the number to aggregate. Required unless
+    /// `aggregates` is only `[count]`.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// What to compute: `count`, `sum`, `min`, `max`, `mean` and quantiles
+    /// `p50`, `p95`, `p99` (any `p<x>`, 0 < x < 100, estimated within 1%).
+    /// Default `[count]`.
+    #[serde(default = "default_aggregates")]
+    pub aggregates: Vec<crate::steps::Aggregate>,
+    /// Allowed out-of-orderness: the watermark is the largest event time
+    /// seen in the partition minus `lateness`. Default `0s`.
+    #[serde(default, with = "humantime_serde")]
+    pub lateness: Duration,
+    /// How long a window keeps accepting records after its end: it closes
+    /// when the watermark reaches `end + grace`. Default `0s`.
+    #[serde(default, with = "humantime_serde")]
+    pub grace: Duration,
+    /// `final` (default): one output per key and window, when it closes.
+    /// `update`: every record emits the updated aggregates of the windows
+    /// it changed.
+    #[serde(default)]
+    pub emit: Emit,
+}
+
+/// The kinds of window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowType {
+    Tumbling,
+    Hopping,
+    Session,
+}
+
+/// When a window step emits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Emit {
+    /// Once per key and window, when the window closes.
+    #[default]
+    Final,
+    /// On every record, for every window it updated.
+    Update,
+}
+
+/// `dedup`: drops records whose id was seen shortly before.
+///
+/// ```yaml
+/// - dedup:
+///     id: value.reading_id
+///     ttl: 10m
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupConfig {
+    /// Name of the state store. Default `dedup-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Expression for the id (a string or a number). Required.
+    pub id: String,
+    /// A record is dropped when a record with the same id was seen (in the
+    /// same partition) less than `ttl` before it, in event time; every
+    /// sighting restarts the ttl. Ids are forgotten once the partition's
+    /// largest event time passes them by `ttl`. Required.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Expression for the event time in milliseconds. Default: the record
+    /// timestamp.
+    #[serde(default)]
+    pub time: Option<String>,
+}
+
+/// `reduce`: a running aggregate per record key, emitted on every record.
+///
+/// ```yaml
+/// - reduce:
+///     value: value.amount
+///     aggregates: [count, sum, mean]
+/// ```
+///
+/// Emits `{"key", <aggregates>}` with the record's key and timestamp.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReduceConfig {
+    /// Name of the state store. Default `reduce-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Expression for the number to aggregate. Required unless
+    /// `aggregates` is only `[count]`.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// `count`, `sum`, `min`, `max`, `mean` (quantiles are for windows).
+    /// Default `[count]`.
+    #[serde(default = "default_aggregates")]
+    pub aggregates: Vec<crate::steps::Aggregate>,
+    /// Optional: a key not updated for `ttl` (event time) starts afresh,
+    /// and keys idle that long are deleted. Default: keys live forever.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
+    /// Expression for the event time in milliseconds, used with `ttl`.
+    /// Default: the record timestamp.
+    #[serde(default)]
+    pub time: Option<String>,
+}
+
+fn default_aggregates() -> Vec<crate::steps::Aggregate> {
+    vec![crate::steps::Aggregate::Count]
+}
+
+#[cfg(test)]
+mod step_config_tests {
+    use super::*;
+
+    #[test]
+    fn window_step_parses_with_defaults() {
+        let text = r#"
+pipeline: demo
+sources: [{topic: in}]
+steps:
+  - rekey: value.device
+  - window:
+      name: hr-10s
+      type: hopping
+      size: 10s
+      advance: 5s
+      time: value.ts
+      value: value.hr
+      aggregates: [count, mean, p99]
+      grace: 2s
+sinks: {out: {topic: out}}
+"#;
+        let c = parse(text, Path::new("p.yaml"), &|_| None).expect("parses");
+        let StepConfig::Window(w) = &c.steps[1] else {
+            panic!("not a window: {:?}", c.steps[1]);
+        };
+        assert_eq!(c.steps[1].kind(), "window");
+        assert_eq!(w.name.as_deref(), Some("hr-10s"));
+        assert_eq!(w.window_type, WindowType::Hopping);
+        assert_eq!(w.size, Some(Duration::from_secs(10)));
+        assert_eq!(w.advance, Some(Duration::from_secs(5)));
+        assert_eq!(w.gap, None);
+        assert_eq!(w.time.as_deref(), Some("value.ts"));
+        let names: Vec<&str> = w.aggregates.iter().map(|a| a.name()).collect();
+        assert_eq!(names, ["count", "mean", "p99"]);
+        assert_eq!(w.lateness, Duration::ZERO);
+        assert_eq!(w.grace, Duration::from_secs(2));
+        assert_eq!(w.emit, Emit::Final);
+        assert!(validate(&c).is_empty(), "{:?}", validate(&c));
+    }
+
+    #[test]
+    fn window_typos_name_their_field() {
+        let text = r#"
+pipeline: demo
+sources: [{topic: in}]
+steps:
+  - window: {type: tumbling, size: 10s, aggregates: [count, meen]}
+sinks: {out: {topic: out}}
+"#;
+        let err = parse(text, Path::new("p.yaml"), &|_| None).unwrap_err();
+        assert_eq!(err.issues[0].path, "steps[0].window.aggregates[1]", "{err}");
+        assert!(err.to_string().contains("meen"), "{err}");
+        let text = text.replace("aggregates: [count, meen]", "sise: 3s");
+        let err = parse(&text, Path::new("p.yaml"), &|_| None).unwrap_err();
+        assert!(err.to_string().contains("sise"), "{err}");
+    }
+
+    #[test]
+    fn stateful_step_errors_surface_at_their_step() {
+        let text = r#"
+pipeline: demo
+sources: [{topic: in}]
+steps:
+  - window: {type: hopping, size: 5s, advance: 10s}
+  - dedup: {id: value.id, ttl: 10m}
+  - reduce: {value: value.x, aggregates: [count, p99]}
+sinks: {out: {topic: out}}
+"#;
+        let c = parse(text, Path::new("p.yaml"), &|_| None).expect("parses");
+        let issues = validate(&c);
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["steps[0].window", "steps[2].reduce"], "{issues:?}");
+        assert!(issues[0].message.contains("advance"), "{issues:?}");
+        assert!(issues[1].message.contains("p99"), "{issues:?}");
     }
 }
 

@@ -352,6 +352,9 @@ impl Worker<'_> {
         let mut no_stores = NoStores {
             task: origin.partition,
         };
+        if let Some(state) = txn.state_mut() {
+            state.savepoint(origin.partition);
+        }
         let stores: &mut dyn TaskStores = match txn.state_mut() {
             Some(state) => state.task_stores(origin.partition)?,
             None => &mut no_stores,
@@ -360,6 +363,10 @@ impl Worker<'_> {
             .pipeline
             .process(&origin, message.key(), message.payload(), timestamp, stores)?
             .and_then(|outputs| check_sizes(outputs, self.max_bytes));
+        // A dead-lettered record leaves no trace in state either.
+        if let Some(state) = txn.state_mut() {
+            state.end_savepoint(origin.partition, result.is_ok());
+        }
         match result {
             Ok(outputs) => {
                 for out in outputs {

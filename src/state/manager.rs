@@ -110,6 +110,25 @@ impl StateManager {
             .ok_or_else(|| StateError::Storage(format!("task {task} is not open here")))
     }
 
+    /// Starts recording a record's state writes in `task` (see
+    /// [`TaskState::savepoint`]); `keep` then keeps or undoes them.
+    pub fn savepoint(&mut self, task: i32) {
+        if let Some(t) = self.tasks.get_mut(&task) {
+            t.savepoint();
+        }
+    }
+
+    /// Ends a savepoint: keeps the record's writes, or undoes them.
+    pub fn end_savepoint(&mut self, task: i32, keep: bool) {
+        if let Some(t) = self.tasks.get_mut(&task) {
+            if keep {
+                t.release();
+            } else {
+                t.rollback();
+            }
+        }
+    }
+
     /// Bytes buffered by the open transaction, over all tasks.
     pub fn pending_bytes(&self) -> usize {
         self.tasks.values().map(TaskState::pending_bytes).sum()

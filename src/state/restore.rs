@@ -23,6 +23,21 @@ const BATCH: usize = 10_000;
 /// Longest a restore may go without reading anything before it gives up.
 const STALL: Duration = Duration::from_secs(120);
 
+/// Consumer context for restores: reaching the end of a changelog is the
+/// goal, not an error worth an ERROR log line (librdkafka reports it as a
+/// global error too).
+struct QuietEof;
+
+impl rdkafka::ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(%error, reason, "restore consumer error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
 /// What one store's restore did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Restored {
@@ -53,7 +68,9 @@ pub fn restore(
         .set("enable.partition.eof", "true")
         .set("enable.auto.commit", "false")
         .set("group.id", format!("{topic}-restore"));
-    let consumer: BaseConsumer = config.create().map_err(|e| kafka("restore consumer", e))?;
+    let consumer: BaseConsumer<QuietEof> = config
+        .create_with_context(QuietEof)
+        .map_err(|e| kafka("restore consumer", e))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, start)
         .map_err(|e| kafka("restore assignment", e))?;

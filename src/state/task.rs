@@ -18,6 +18,15 @@ pub struct Store {
     /// Writes of the open transaction: a value, or `None` for a delete.
     pending: BTreeMap<Vec<u8>, Change>,
     pending_bytes: usize,
+    /// While a record is processed: what each key it touched held in
+    /// `pending` before (`None`: absent), to undo the record's writes if it
+    /// ends up dead-lettered.
+    journal: Option<Journal>,
+}
+
+struct Journal {
+    before: Vec<(Vec<u8>, Option<Change>)>,
+    pending_bytes: usize,
 }
 
 impl Store {
@@ -27,6 +36,15 @@ impl Store {
             db,
             pending: BTreeMap::new(),
             pending_bytes: 0,
+            journal: None,
+        }
+    }
+
+    fn remember(&mut self, key: &[u8]) {
+        if let Some(journal) = self.journal.as_mut() {
+            journal
+                .before
+                .push((key.to_vec(), self.pending.get(key).cloned()));
         }
     }
 }
@@ -40,11 +58,13 @@ impl KvStore for Store {
     }
 
     fn put(&mut self, key: &[u8], value: &[u8]) {
+        self.remember(key);
         self.pending_bytes += key.len() + value.len();
         self.pending.insert(key.to_vec(), Some(value.to_vec()));
     }
 
     fn delete(&mut self, key: &[u8]) {
+        self.remember(key);
         self.pending_bytes += key.len();
         self.pending.insert(key.to_vec(), None);
     }
@@ -117,11 +137,46 @@ impl TaskState {
         self.db.apply(&changes, offsets)
     }
 
+    /// Starts recording the writes of one record, so that they can be undone
+    /// if the record fails (a record that goes to the dead-letter topic must
+    /// leave no trace in state).
+    pub fn savepoint(&mut self) {
+        for store in self.stores.values_mut() {
+            store.journal = Some(Journal {
+                before: Vec::new(),
+                pending_bytes: store.pending_bytes,
+            });
+        }
+    }
+
+    /// Keeps the writes made since [`savepoint`](Self::savepoint).
+    pub fn release(&mut self) {
+        for store in self.stores.values_mut() {
+            store.journal = None;
+        }
+    }
+
+    /// Undoes the writes made since [`savepoint`](Self::savepoint).
+    pub fn rollback(&mut self) {
+        for store in self.stores.values_mut() {
+            if let Some(journal) = store.journal.take() {
+                for (key, before) in journal.before.into_iter().rev() {
+                    match before {
+                        Some(change) => store.pending.insert(key, change),
+                        None => store.pending.remove(&key),
+                    };
+                }
+                store.pending_bytes = journal.pending_bytes;
+            }
+        }
+    }
+
     /// Forgets the buffered changes; called when the transaction aborts.
     pub fn discard(&mut self) {
         for store in self.stores.values_mut() {
             store.pending.clear();
             store.pending_bytes = 0;
+            store.journal = None;
         }
     }
 }
@@ -186,6 +241,38 @@ mod tests {
                 assert_eq!(task.pending_bytes(), 0);
             }
         }
+    }
+
+    #[test]
+    fn a_failed_record_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = StateEnv::new(8 << 20, 8 << 20);
+        let names = vec!["s".to_string()];
+        let db = TaskDb::open(&env, dir.path(), &names).unwrap();
+        let mut task = TaskState::new(0, db, &names);
+        task.store("s").unwrap().put(b"a", b"1");
+        task.store("s").unwrap().put(b"b", b"1");
+        let bytes = task.pending_bytes();
+        task.savepoint();
+        let store = task.store("s").unwrap();
+        store.put(b"a", b"2");
+        store.delete(b"b");
+        store.put(b"c", b"3");
+        store.put(b"a", b"4");
+        task.rollback();
+        let store = task.store("s").unwrap();
+        assert_eq!(store.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.get(b"b").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(store.get(b"c").unwrap(), None);
+        assert_eq!(task.pending_bytes(), bytes);
+        task.savepoint();
+        task.store("s").unwrap().put(b"d", b"5");
+        task.release();
+        task.rollback();
+        assert_eq!(
+            task.store("s").unwrap().get(b"d").unwrap(),
+            Some(b"5".to_vec())
+        );
     }
 
     #[test]

@@ -3,9 +3,21 @@
 //! ([`StepConfig`]) by [`build`]; the same operators can be assembled from
 //! Rust.
 
+pub mod aggregates;
+mod dedup;
+pub mod keys;
+mod reduce;
+mod stateful;
 mod stateless;
+#[cfg(test)]
+mod test_util;
+mod window;
 
+pub use aggregates::Aggregate;
+pub use dedup::Dedup;
+pub use reduce::Reduce;
 pub use stateless::{Filter, Map, Project, Rekey, Route, Set};
+pub use window::Window;
 
 use serde_json::Value as Json;
 
@@ -118,7 +130,6 @@ pub trait Operator: Send {
 /// Errors are messages for the step's field path. `index` names the state
 /// stores of steps that do not name them (`<kind>-<index>`).
 pub fn build(step: &StepConfig, index: usize) -> Result<Box<dyn Operator>, String> {
-    let _ = index;
     Ok(match step {
         StepConfig::Filter(e) => Box::new(Filter::new(e)?),
         StepConfig::Map(e) => Box::new(Map::new(e)?),
@@ -126,5 +137,63 @@ pub fn build(step: &StepConfig, index: usize) -> Result<Box<dyn Operator>, Strin
         StepConfig::Set(fields) => Box::new(Set::new(fields)?),
         StepConfig::Rekey(e) => Box::new(Rekey::new(e)?),
         StepConfig::Route(e) => Box::new(Route::new(e)?),
+        StepConfig::Window(w) => Box::new(Window::new(w, index)?),
+        StepConfig::Dedup(d) => Box::new(Dedup::new(d, index)?),
+        StepConfig::Reduce(r) => Box::new(Reduce::new(r, index)?),
     })
+}
+
+/// Store names must be unique in a pipeline: returns, for every step that
+/// reuses a name of an earlier step, its index and the message for its
+/// field path (for the pipeline's build to report as `steps[i].<kind>`).
+pub fn duplicate_stores(steps: &[Box<dyn Operator>]) -> Vec<(usize, String)> {
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    let mut issues = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        for name in step.stores() {
+            match seen.iter().find(|(n, _)| *n == name) {
+                Some((_, first)) => issues.push((
+                    i,
+                    format!("state store `{name}` is already used by steps[{first}]; give the step another `name`"),
+                )),
+                None => seen.push((name, i)),
+            }
+        }
+    }
+    issues
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stateful_steps_build_with_default_store_names_and_reused_names_are_found() {
+        let yaml = r#"
+- window: {type: tumbling, size: 10s}
+- filter: "true"
+- dedup: {id: value.id, ttl: 1m}
+- reduce: {name: window-0}
+"#;
+        let configs: Vec<StepConfig> = serde_saphyr::from_str(yaml).expect("parses");
+        let steps: Vec<Box<dyn Operator>> = configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| build(c, i).expect("builds"))
+            .collect();
+        let names: Vec<Vec<String>> = steps.iter().map(|s| s.stores()).collect();
+        assert_eq!(
+            names,
+            [
+                vec!["window-0".to_string()],
+                vec![],
+                vec!["dedup-2".to_string()],
+                vec!["window-0".to_string()]
+            ]
+        );
+        let issues = duplicate_stores(&steps);
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].0, 3);
+        assert!(issues[0].1.contains("steps[0]"), "{issues:?}");
+    }
 }
