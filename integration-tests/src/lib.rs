@@ -386,6 +386,19 @@ impl Millrace {
         }
     }
 
+    /// SIGTERM, and asserts a clean exit (code 0) within 30 s, showing the
+    /// log when it is not.
+    pub fn stop_cleanly(&mut self) -> anyhow::Result<()> {
+        let code = self.terminate(Duration::from_secs(30))?;
+        if code != Some(0) {
+            bail!(
+                "millrace exited with {code:?} after SIGTERM; log:\n{}",
+                self.log_tail(60)
+            );
+        }
+        Ok(())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {

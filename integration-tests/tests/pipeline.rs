@@ -169,7 +169,7 @@ fn every_record_lands_exactly_once_in_the_sink_its_route_names() -> anyhow::Resu
     assert_eq!(m.metric(&out_series)?, expected_high.len() as f64);
     assert!(m.metric("millrace_transaction_commit_seconds_count")? >= 1.0);
     assert_eq!(m.get("/healthz")?.0, 200);
-    assert_eq!(m.terminate(Duration::from_secs(30))?, Some(0));
+    m.stop_cleanly()?;
     Ok(())
 }
 
@@ -299,7 +299,7 @@ fn sigterm_commits_leaves_the_group_and_exits_zero() -> anyhow::Result<()> {
     wait_for(&t.high, 1_000, &m)?;
 
     let started = Instant::now();
-    assert_eq!(m.terminate(Duration::from_secs(30))?, Some(0));
+    m.stop_cleanly()?;
     let took = started.elapsed();
 
     // Left the group: no member remains, so no rebalance waits on a timeout.

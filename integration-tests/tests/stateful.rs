@@ -278,7 +278,7 @@ fn crash_windowed(emit: &str, total: u64, min_kills: usize) -> anyhow::Result<()
     }
     feeder.join().expect("feeder")?;
     wait_caught_up(&name, &input, &m)?;
-    assert_eq!(m.terminate(Duration::from_secs(30))?, Some(0));
+    m.stop_cleanly()?;
 
     let (windows, watermarks) = reference(total);
     let out = read_committed(&output)?;
@@ -393,7 +393,7 @@ fn restart_replays_only_the_changelog_tail_and_a_lost_state_is_rebuilt() -> anyh
     assert_eq!(full, 0.0, "no full restore with a local copy");
     assert_eq!(tail, PARTITIONS as f64, "every task restored its tail");
     assert!(replayed < changelog_records as f64 / 10.0);
-    assert_eq!(m.terminate(Duration::from_secs(30))?, Some(0));
+    m.stop_cleanly()?;
 
     // Lose the local state entirely: a full restore rebuilds it, and the
     // results of further input are the same as if nothing was lost.
@@ -407,7 +407,7 @@ fn restart_replays_only_the_changelog_tail_and_a_lost_state_is_rebuilt() -> anyh
         full, PARTITIONS as f64,
         "every task rebuilt from its changelog"
     );
-    assert_eq!(m.terminate(Duration::from_secs(30))?, Some(0));
+    m.stop_cleanly()?;
 
     let (windows, _) = reference(total);
     let mut last: BTreeMap<(String, i64), Agg> = BTreeMap::new();
@@ -470,7 +470,7 @@ fn instances_joining_and_dying_mid_run_change_nothing() -> anyhow::Result<()> {
     rt.block_on(produce_to(&p, &input, &records(3 * chunk..total)))?;
     wait_caught_up(&name, &input, &b)?;
     for m in [&mut b, &mut c, &mut d] {
-        assert_eq!(m.terminate(Duration::from_secs(30))?, Some(0));
+        m.stop_cleanly()?;
     }
 
     let (windows, watermarks) = reference(total);
