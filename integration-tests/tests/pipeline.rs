@@ -318,3 +318,47 @@ fn sigterm_commits_leaves_the_group_and_exits_zero() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn at_least_once_mode_delivers_every_record_without_transactions() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let t = topics("alo");
+    rt.block_on(create(&t))?;
+    let input: Vec<(Option<String>, Vec<u8>)> = (0..2_000u64)
+        .map(|id| (None, reading(id * 13 + 9).to_string().into_bytes()))
+        .collect();
+    rt.block_on(produce(&producer(), &t.input, &input))?;
+    let yaml = format!(
+        "{}commit:\n  guarantee: at_least_once\n",
+        routed_pipeline(&t, "earliest")
+    );
+    let mut m = Millrace::start(&yaml)?;
+    m.wait_ready(Duration::from_secs(60))?;
+    // Without a crash nothing repeats: exactly one output per input.
+    let out = wait_for(&t.high, 2_000, &m)?;
+    let mut ids: Vec<u64> = out
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<serde_json::Value>(r.payload().unwrap_or_default())
+                .ok()
+                .and_then(|v| v["id"].as_u64())
+                .unwrap_or(u64::MAX)
+        })
+        .collect();
+    ids.sort_unstable();
+    let expected: Vec<u64> = (0..2_000u64).map(|id| id * 13 + 9).collect();
+    assert_eq!(ids, expected);
+    // The consumer committed its offsets itself (no transaction carried them).
+    let in_series = format!("millrace_records_in_total{{topic=\"{}\"}}", t.input);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while m.metric(&in_series)? < 2_000.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(m.metric(&in_series)?, 2_000.0);
+    assert_eq!(
+        m.metric("millrace_transactions_total{outcome=\"aborted\"}")?,
+        0.0
+    );
+    m.stop_cleanly()?;
+    Ok(())
+}

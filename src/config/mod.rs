@@ -562,6 +562,21 @@ pub struct CommitConfig {
     /// this many bytes, whatever the interval, so memory stays bounded.
     /// Default 64 MiB.
     pub max_buffer_bytes: usize,
+    /// `exactly_once` (default): outputs, changelogs and offsets commit in
+    /// one Kafka transaction. `at_least_once`: no transactions; outputs and
+    /// changelogs are flushed, then the consumer commits its offsets, so a
+    /// crash can repeat the records since the last commit but never loses
+    /// one. For comparison and for sinks that deduplicate themselves.
+    pub guarantee: Guarantee,
+}
+
+/// Processing guarantee.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Guarantee {
+    #[default]
+    ExactlyOnce,
+    AtLeastOnce,
 }
 
 impl Default for CommitConfig {
@@ -571,6 +586,7 @@ impl Default for CommitConfig {
             max_records: 50_000,
             timeout: Duration::from_secs(60),
             max_buffer_bytes: 64 << 20,
+            guarantee: Guarantee::ExactlyOnce,
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use rdkafka::ClientConfig;
 
-use crate::config::PipelineConfig;
+use crate::config::{Guarantee, PipelineConfig};
 
 fn base(config: &PipelineConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
@@ -44,9 +44,10 @@ pub fn consumer(config: &PipelineConfig) -> ClientConfig {
 /// transaction at once, instead of waiting for the transaction timeout.
 pub fn producer(config: &PipelineConfig) -> ClientConfig {
     let mut client = base(config);
-    client
-        .set("transactional.id", config.transactional_id())
-        .set("enable.idempotence", "true");
+    client.set("enable.idempotence", "true");
+    if config.commit.guarantee == Guarantee::ExactlyOnce {
+        client.set("transactional.id", config.transactional_id());
+    }
     for (name, value) in &config.kafka.producer_properties {
         client.set(name, value);
     }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::BaseProducer;
 use rdkafka::util::Timeout;
@@ -31,7 +31,7 @@ pub use clients::admin as admin_client_config;
 use rebalance::{EosContext, lock};
 use transaction::{DeliveryLog, Transaction, TxnError};
 
-use crate::config::PipelineConfig;
+use crate::config::{Guarantee, PipelineConfig};
 use crate::metrics::Metrics;
 use crate::ops::Health;
 use crate::pipeline::{Failure, FailureReason, Output, Pipeline};
@@ -211,7 +211,14 @@ fn run_once(
             metrics.clone(),
         )
     });
-    let txn = Transaction::init(producer, metrics.clone(), config.commit.timeout, state)?;
+    let transactional = config.commit.guarantee == Guarantee::ExactlyOnce;
+    let txn = Transaction::init(
+        producer,
+        metrics.clone(),
+        config.commit.timeout,
+        state,
+        transactional,
+    )?;
     let txn = Arc::new(Mutex::new(Some(txn)));
 
     health.set_not_ready("joining the consumer group");
@@ -329,7 +336,9 @@ impl Worker<'_> {
         let group = consumer
             .group_metadata()
             .ok_or_else(|| anyhow::anyhow!("consumer has no group metadata"))?;
-        self.with_txn(|t| t.commit(&group))
+        let commit_offsets =
+            |tpl: &rdkafka::TopicPartitionList| consumer.commit(tpl, CommitMode::Sync);
+        self.with_txn(|t| t.commit(&group, &commit_offsets))
     }
 
     /// Processes one record: its outputs, or its dead letter, and its offset,

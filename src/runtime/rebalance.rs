@@ -74,9 +74,11 @@ impl EosContext {
             self.fail("no group metadata at revocation".into());
             return;
         };
+        let commit_offsets =
+            |tpl: &TopicPartitionList| consumer.commit(tpl, rdkafka::consumer::CommitMode::Sync);
         let mut slot = lock(&self.txn);
         if let Some(txn) = slot.as_mut()
-            && let Err(e) = txn.commit(&group)
+            && let Err(e) = txn.commit(&group, &commit_offsets)
         {
             txn.set_failure(format!("commit at revocation: {e}"));
         }

@@ -9,6 +9,7 @@
 //! the offsets move.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,11 +50,18 @@ pub enum TxnError {
 #[derive(Default)]
 pub struct DeliveryLog {
     delivered: Mutex<HashMap<(String, i32), i64>>,
+    /// Deliveries that failed since the last commit (at-least-once mode
+    /// checks it; transactions fail on their own).
+    failures: AtomicU64,
 }
 
 impl DeliveryLog {
     fn take_delivered(&self) -> HashMap<(String, i32), i64> {
         std::mem::take(&mut *self.delivered.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn take_failures(&self) -> u64 {
+        self.failures.swap(0, Ordering::SeqCst)
     }
 }
 
@@ -71,7 +79,10 @@ impl ProducerContext for DeliveryLog {
                     .or_insert(m.offset());
                 *entry = (*entry).max(m.offset());
             }
-            Err((e, _)) => warn!(error = %e, "delivery failed; the transaction will abort"),
+            Err((e, _)) => {
+                self.failures.fetch_add(1, Ordering::SeqCst);
+                warn!(error = %e, "delivery failed; the transaction will abort");
+            }
         }
     }
 }
@@ -100,7 +111,13 @@ pub struct Transaction {
     failure: Option<String>,
     /// Stores of stateful steps; `None` for stateless pipelines.
     state: Option<StateManager>,
+    /// `false` in at-least-once mode: no Kafka transaction; the consumer
+    /// commits offsets after the outputs are flushed.
+    transactional: bool,
 }
+
+/// Commits consumer offsets directly (at-least-once mode).
+pub type OffsetCommitter<'a> = &'a dyn Fn(&TopicPartitionList) -> rdkafka::error::KafkaResult<()>;
 
 /// How long `send` waits for room in the producer queue before giving up.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(100);
@@ -113,10 +130,13 @@ impl Transaction {
         metrics: Arc<Metrics>,
         timeout: Duration,
         state: Option<StateManager>,
+        transactional: bool,
     ) -> Result<Transaction, TxnError> {
-        producer
-            .init_transactions(timeout)
-            .map_err(|e| TxnError::Fatal(format!("init_transactions: {e}")))?;
+        if transactional {
+            producer
+                .init_transactions(timeout)
+                .map_err(|e| TxnError::Fatal(format!("init_transactions: {e}")))?;
+        }
         Ok(Transaction {
             producer,
             open: false,
@@ -128,14 +148,17 @@ impl Transaction {
             timeout,
             failure: None,
             state,
+            transactional,
         })
     }
 
     fn ensure_open(&mut self) -> Result<(), TxnError> {
         if !self.open {
-            self.producer
-                .begin_transaction()
-                .map_err(|e| TxnError::Fatal(format!("begin_transaction: {e}")))?;
+            if self.transactional {
+                self.producer
+                    .begin_transaction()
+                    .map_err(|e| TxnError::Fatal(format!("begin_transaction: {e}")))?;
+            }
             self.open = true;
             self.opened_at = Instant::now();
         }
@@ -244,12 +267,26 @@ impl Transaction {
     /// moves the state writes into the local stores. On error the
     /// transaction is aborted (if the producer still can), its state writes
     /// are discarded and its effects are gone.
-    pub fn commit(&mut self, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
+    ///
+    /// In at-least-once mode there is no transaction: outputs and changelog
+    /// records are flushed, then `commit_offsets` commits the consumer's
+    /// offsets.
+    pub fn commit(
+        &mut self,
+        group: &ConsumerGroupMetadata,
+        commit_offsets: OffsetCommitter<'_>,
+    ) -> Result<(), TxnError> {
         if !self.open {
             return Ok(());
         }
         let started = Instant::now();
-        let result = self.send_changelog().and_then(|()| self.try_commit(group));
+        let result = self.send_changelog().and_then(|()| {
+            if self.transactional {
+                self.try_commit(group)
+            } else {
+                self.flush_and_commit_offsets(commit_offsets)
+            }
+        });
         match &result {
             Ok(()) => {
                 self.metrics
@@ -337,12 +374,36 @@ impl Transaction {
         }
     }
 
-    fn try_commit(&mut self, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
+    fn offset_list(&self) -> Result<TopicPartitionList, TxnError> {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in &self.offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
                 .map_err(|e| TxnError::Fatal(format!("offset list: {e}")))?;
         }
+        Ok(tpl)
+    }
+
+    /// At-least-once commit: every output delivered first, then the offsets.
+    fn flush_and_commit_offsets(
+        &mut self,
+        commit_offsets: OffsetCommitter<'_>,
+    ) -> Result<(), TxnError> {
+        self.producer
+            .flush(self.timeout)
+            .map_err(|e| TxnError::Aborted(format!("flush: {e}")))?;
+        let failed = self.producer.context().take_failures();
+        if failed > 0 {
+            return Err(TxnError::Aborted(format!("{failed} deliveries failed")));
+        }
+        let tpl = self.offset_list()?;
+        if tpl.count() > 0 {
+            commit_offsets(&tpl).map_err(|e| TxnError::Aborted(format!("offset commit: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn try_commit(&mut self, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
+        let tpl = self.offset_list()?;
         let deadline = Instant::now() + self.timeout;
         if tpl.count() > 0 {
             retry_until(deadline, || {
@@ -358,7 +419,7 @@ impl Transaction {
     /// Aborts the open transaction, if any. Errors are logged: after an
     /// abort failure the producer is unusable and will be rebuilt anyway.
     pub fn abort(&mut self) {
-        if self.open {
+        if self.open && self.transactional {
             match self.producer.abort_transaction(self.timeout) {
                 Ok(()) => self
                     .metrics
@@ -372,6 +433,7 @@ impl Transaction {
             state.discard();
         }
         self.producer.context().take_delivered();
+        self.producer.context().take_failures();
         self.reset();
     }
 
