@@ -249,6 +249,39 @@ pub fn read_committed(topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
     Ok(out)
 }
 
+/// Whether `group` has committed offsets at the end of every partition of
+/// `topic` (it has processed all input). A broker too busy to answer in
+/// time counts as "not yet".
+pub fn group_caught_up(group: &str, topic: &str) -> bool {
+    check_caught_up(group, topic).unwrap_or(false)
+}
+
+fn check_caught_up(group: &str, topic: &str) -> anyhow::Result<bool> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len());
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+    for element in committed.elements() {
+        let (_, high) =
+            consumer.fetch_watermarks(topic, element.partition(), Duration::from_secs(10))?;
+        match element.offset() {
+            rdkafka::Offset::Offset(n) if n >= high => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(partitions > 0)
+}
+
 /// The headers of a message as a map of strings.
 pub fn header_map(message: &OwnedMessage) -> HashMap<String, String> {
     let mut map = HashMap::new();

@@ -9,12 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use millrace_integration_tests::{
-    Millrace, bootstrap, create_topics, produce, producer, progress, read_committed, unique,
+    Millrace, create_topics, group_caught_up, produce, producer, progress, read_committed, unique,
 };
 use rand::Rng;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const RECORDS: u64 = 120_000;
 const DEVICES: u64 = 128;
@@ -28,34 +26,6 @@ fn kept(n: u64) -> bool {
 
 fn device(n: u64) -> String {
     format!("device-{}", n % DEVICES)
-}
-
-/// Committed offsets of the pipeline's group equal the input's end offsets.
-/// A broker too busy to answer in time counts as "not yet".
-fn caught_up(group: &str, topic: &str) -> anyhow::Result<bool> {
-    Ok(check_caught_up(group, topic).unwrap_or(false))
-}
-
-fn check_caught_up(group: &str, topic: &str) -> anyhow::Result<bool> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", group)
-        .set("isolation.level", "read_committed")
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-    for element in committed.elements() {
-        let (_, high) =
-            consumer.fetch_watermarks(topic, element.partition(), Duration::from_secs(10))?;
-        match element.offset() {
-            Offset::Offset(n) if n >= high => {}
-            _ => return Ok(false),
-        }
-    }
-    Ok(true)
 }
 
 #[test]
@@ -149,7 +119,7 @@ http:
     ));
 
     let deadline = Instant::now() + Duration::from_secs(180);
-    while !caught_up(&group, &input)? {
+    while !group_caught_up(&group, &input) {
         assert!(
             Instant::now() < deadline,
             "pipeline did not catch up; log:\n{}",

@@ -10,12 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use millrace_integration_tests::{
-    Millrace, bootstrap, create_topics, produce_to, producer, progress, read_committed, unique,
+    Millrace, create_topics, group_caught_up, produce_to, producer, progress, read_committed,
+    unique,
 };
 use rand::Rng;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 4;
 const KEYS: u64 = 128;
@@ -160,35 +159,9 @@ fn records(range: std::ops::Range<u64>) -> Vec<(String, i32, Vec<u8>)> {
         .collect()
 }
 
-/// Committed offsets of `group` reached the end of every input partition.
-/// A broker too busy to answer in time counts as "not yet".
-fn caught_up(group: &str, topic: &str) -> anyhow::Result<bool> {
-    Ok(check_caught_up(group, topic).unwrap_or(false))
-}
-
-fn check_caught_up(group: &str, topic: &str) -> anyhow::Result<bool> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
-        .set("group.id", group)
-        .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-    for e in committed.elements() {
-        let (_, high) = consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
-        match e.offset() {
-            Offset::Offset(n) if n >= high => {}
-            _ => return Ok(false),
-        }
-    }
-    Ok(true)
-}
-
 fn wait_caught_up(group: &str, topic: &str, m: &Millrace) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(240);
-    while !caught_up(group, topic)? {
+    while !group_caught_up(group, topic) {
         assert!(
             Instant::now() < deadline,
             "did not catch up; log:\n{}",

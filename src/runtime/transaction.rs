@@ -188,6 +188,11 @@ impl Transaction {
         if let Some(headers) = headers {
             record = record.headers(headers);
         }
+        self.produce(record)
+    }
+
+    /// Hands a record to the producer, waiting while its queue is full.
+    fn produce(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), TxnError> {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -197,9 +202,15 @@ impl Transaction {
                     record = back;
                     self.producer.poll(QUEUE_FULL_WAIT);
                 }
-                // Oversized records are caught before this point, so a
+                // Oversized outputs are dead-lettered before this point, so a
                 // refusal here is not about the record: rebuild and retry.
-                Err((e, _)) => return Err(TxnError::Aborted(format!("produce to {topic}: {e}"))),
+                Err((e, back)) => {
+                    let partition = back.partition.map(|p| format!("[{p}]")).unwrap_or_default();
+                    return Err(TxnError::Aborted(format!(
+                        "produce to {}{partition}: {e}",
+                        back.topic
+                    )));
+                }
             }
         }
     }
@@ -358,20 +369,7 @@ impl Transaction {
         if let Some(value) = value {
             record = record.payload(value);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    self.producer.poll(QUEUE_FULL_WAIT);
-                }
-                Err((e, _)) => {
-                    return Err(TxnError::Aborted(format!(
-                        "changelog {topic}[{partition}]: {e}"
-                    )));
-                }
-            }
-        }
+        self.produce(record)
     }
 
     fn offset_list(&self) -> Result<TopicPartitionList, TxnError> {
