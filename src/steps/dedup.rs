@@ -109,16 +109,11 @@ impl Dedup {
 }
 
 fn id_key(id: &[u8]) -> Vec<u8> {
-    let mut k = vec![ID];
-    keys::push_bytes(&mut k, id);
-    k
+    keys::tagged(ID, id)
 }
 
 fn expiry_key(seen: i64, id: &[u8]) -> Vec<u8> {
-    let mut k = vec![EXPIRY];
-    keys::push_time(&mut k, seen);
-    keys::push_bytes(&mut k, id);
-    k
+    keys::tagged_at(EXPIRY, seen, id)
 }
 
 /// An entry whose value is one encoded time.

@@ -43,6 +43,23 @@ pub fn push_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
 /// The smallest key greater than every key that starts with `prefix`, for
 /// the exclusive end of a prefix scan. `None` if there is none (a prefix of
 /// only `0xff` bytes), meaning "to the end of the store".
+/// `tag` followed by length-prefixed `bytes`: a store key in the section
+/// `tag`, ordered by `bytes`.
+pub fn tagged(tag: u8, bytes: &[u8]) -> Vec<u8> {
+    let mut k = vec![tag];
+    push_bytes(&mut k, bytes);
+    k
+}
+
+/// `tag`, the time `t`, then length-prefixed `bytes`: a store key in the
+/// section `tag`, ordered by time first (expiry and close indexes).
+pub fn tagged_at(tag: u8, t: i64, bytes: &[u8]) -> Vec<u8> {
+    let mut k = vec![tag];
+    push_time(&mut k, t);
+    push_bytes(&mut k, bytes);
+    k
+}
+
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {

@@ -120,16 +120,11 @@ impl Reduce {
 }
 
 fn entry_key(key: &[u8]) -> Vec<u8> {
-    let mut k = vec![KEY];
-    keys::push_bytes(&mut k, key);
-    k
+    keys::tagged(KEY, key)
 }
 
 fn expiry_key(u: i64, key: &[u8]) -> Vec<u8> {
-    let mut k = vec![EXPIRY];
-    keys::push_time(&mut k, u);
-    keys::push_bytes(&mut k, key);
-    k
+    keys::tagged_at(EXPIRY, u, key)
 }
 
 impl Operator for Reduce {

@@ -512,23 +512,19 @@ impl Window {
 }
 
 fn window_key(key: &[u8], start: i64) -> Vec<u8> {
-    let mut k = vec![WINDOW];
-    keys::push_bytes(&mut k, key);
+    let mut k = keys::tagged(WINDOW, key);
     keys::push_time(&mut k, start);
     k
 }
 
 fn session_key(key: &[u8], last: i64) -> Vec<u8> {
-    let mut k = vec![SESSION];
-    keys::push_bytes(&mut k, key);
+    let mut k = keys::tagged(SESSION, key);
     keys::push_time(&mut k, last);
     k
 }
 
 fn index_key(due: i64, key: &[u8], at: i64) -> Vec<u8> {
-    let mut k = vec![INDEX];
-    keys::push_time(&mut k, due);
-    keys::push_bytes(&mut k, key);
+    let mut k = keys::tagged_at(INDEX, due, key);
     keys::push_time(&mut k, at);
     k
 }
