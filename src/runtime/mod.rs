@@ -128,8 +128,7 @@ fn prepare_topics(config: &PipelineConfig, pipeline: &Pipeline) -> anyhow::Resul
         .filter(|t| t.error().is_none())
         .map(|t| (t.name(), t.partitions().len() as i32))
         .collect();
-    let mut wanted: Vec<String> = config.sources.iter().map(|s| s.topic.clone()).collect();
-    wanted.extend(pipeline.output_topics());
+    let wanted = crate::admin::pipeline_topics(config, pipeline);
     let missing: Vec<&str> = wanted
         .iter()
         .filter(|t| !existing.contains_key(t.as_str()))

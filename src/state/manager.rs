@@ -10,7 +10,7 @@ use rdkafka::ClientConfig;
 use tracing::warn;
 
 use super::restore::restore;
-use super::rocks::{Change, StateEnv, TaskDb};
+use super::rocks::{StateEnv, TaskDb};
 use super::task::TaskState;
 use super::{StateError, TaskStores};
 use crate::metrics::Metrics;
@@ -142,7 +142,7 @@ impl StateManager {
             for (store, changes) in state.pending() {
                 let topic = changelog_topic(&self.pipeline, store);
                 for (key, change) in changes {
-                    out.push((topic.clone(), *task, key.as_slice(), change_value(change)));
+                    out.push((topic.clone(), *task, key.as_slice(), change.as_deref()));
                 }
             }
         }
@@ -179,8 +179,4 @@ impl StateManager {
             state.discard();
         }
     }
-}
-
-fn change_value(change: &Change) -> Option<&[u8]> {
-    change.as_deref()
 }
