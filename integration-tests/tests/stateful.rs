@@ -90,6 +90,46 @@ fn reference(n: u64) -> (BTreeMap<(String, i64), Agg>, HashMap<i32, i64>) {
     (windows, watermarks)
 }
 
+/// The reference for `emit: final`: the windows that closed, i.e. whose end
+/// the final watermark of their key's partition reached.
+fn closed_windows(total: u64) -> BTreeMap<(String, i64), Agg> {
+    let (windows, watermarks) = reference(total);
+    windows
+        .into_iter()
+        .filter(|((key, start), _)| {
+            let number: u64 = key.trim_start_matches("sensor-").parse().unwrap_or(0);
+            let partition = (number % PARTITIONS as u64) as i32;
+            start + WINDOW_MS <= watermarks[&partition]
+        })
+        .collect()
+}
+
+/// Keeps, per window, the update with the highest count: the last one.
+fn keep_last(last: &mut BTreeMap<(String, i64), Agg>, p: Parsed) {
+    let entry = last.entry((p.key, p.start)).or_insert(p.agg.clone());
+    if p.agg.count >= entry.count {
+        *entry = p.agg;
+    }
+}
+
+/// Creates the input, output and dead-letter topics of a test named
+/// `prefix`; returns (name, input, output, dead).
+fn make_topics(
+    rt: &tokio::runtime::Runtime,
+    prefix: &str,
+) -> anyhow::Result<(String, String, String, String)> {
+    let name = unique(prefix);
+    let input = format!("{name}-in");
+    let output = format!("{name}-out");
+    let dead = format!("{name}-dead");
+    rt.block_on(create_topics(&[
+        (&input, PARTITIONS),
+        (&output, PARTITIONS),
+        (&dead, 1),
+    ]))?;
+    Ok((name, input, output, dead))
+}
+
 fn pipeline_yaml(
     name: &str,
     input: &str,
@@ -204,15 +244,7 @@ fn parse(m: &rdkafka::message::OwnedMessage) -> Parsed {
 fn crash_windowed(emit: &str, total: u64, min_kills: usize) -> anyhow::Result<()> {
     let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let rt = tokio::runtime::Runtime::new()?;
-    let name = unique(&format!("win-{emit}"));
-    let input = format!("{name}-in");
-    let output = format!("{name}-out");
-    let dead = format!("{name}-dead");
-    rt.block_on(create_topics(&[
-        (&input, PARTITIONS),
-        (&output, PARTITIONS),
-        (&dead, 1),
-    ]))?;
+    let (name, input, output, dead) = make_topics(&rt, &format!("win-{emit}"))?;
     let state_dir = tempfile::tempdir()?;
     let yaml = pipeline_yaml(&name, &input, &output, &dead, state_dir.path(), emit);
 
@@ -253,7 +285,6 @@ fn crash_windowed(emit: &str, total: u64, min_kills: usize) -> anyhow::Result<()
     wait_caught_up(&name, &input, &m)?;
     m.stop_cleanly()?;
 
-    let (windows, watermarks) = reference(total);
     let out = read_committed(&output)?;
     progress(&format!(
         "{emit}: {kills} kills, {} committed outputs",
@@ -267,14 +298,7 @@ fn crash_windowed(emit: &str, total: u64, min_kills: usize) -> anyhow::Result<()
         "final" => {
             // Exactly the windows that closed (end <= the partition's final
             // watermark), each exactly once, equal to the reference.
-            let expected: BTreeMap<(String, i64), Agg> = windows
-                .into_iter()
-                .filter(|((key, start), _)| {
-                    let number: u64 = key.trim_start_matches("sensor-").parse().unwrap_or(0);
-                    let partition = (number % PARTITIONS as u64) as i32;
-                    start + WINDOW_MS <= watermarks[&partition]
-                })
-                .collect();
+            let expected = closed_windows(total);
             let mut got = BTreeMap::new();
             for m in &out {
                 let p = parse(m);
@@ -305,11 +329,9 @@ fn crash_windowed(emit: &str, total: u64, min_kills: usize) -> anyhow::Result<()
                     p.start,
                     p.agg.count
                 );
-                let entry = last.entry((p.key, p.start)).or_insert(p.agg.clone());
-                if p.agg.count >= entry.count {
-                    *entry = p.agg;
-                }
+                keep_last(&mut last, p);
             }
+            let (windows, _) = reference(total);
             assert_eq!(last.len(), windows.len(), "windows updated");
             for (k, agg) in &windows {
                 assert_eq!(last.get(k), Some(agg), "last update of window {k:?}");
@@ -333,15 +355,7 @@ fn windowed_updates_are_exact_under_sigkill() -> anyhow::Result<()> {
 #[test]
 fn restart_replays_only_the_changelog_tail_and_a_lost_state_is_rebuilt() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    let name = unique("restore");
-    let input = format!("{name}-in");
-    let output = format!("{name}-out");
-    let dead = format!("{name}-dead");
-    rt.block_on(create_topics(&[
-        (&input, PARTITIONS),
-        (&output, PARTITIONS),
-        (&dead, 1),
-    ]))?;
+    let (name, input, output, dead) = make_topics(&rt, "restore")?;
     let state_dir = tempfile::tempdir()?;
     let yaml = pipeline_yaml(&name, &input, &output, &dead, state_dir.path(), "update");
     let p = producer();
@@ -385,11 +399,7 @@ fn restart_replays_only_the_changelog_tail_and_a_lost_state_is_rebuilt() -> anyh
     let (windows, _) = reference(total);
     let mut last: BTreeMap<(String, i64), Agg> = BTreeMap::new();
     for msg in read_committed(&output)? {
-        let p = parse(&msg);
-        let entry = last.entry((p.key, p.start)).or_insert(p.agg.clone());
-        if p.agg.count >= entry.count {
-            *entry = p.agg;
-        }
+        keep_last(&mut last, parse(&msg));
     }
     assert_eq!(last, windows, "results after a full restore");
     Ok(())
@@ -399,15 +409,7 @@ fn restart_replays_only_the_changelog_tail_and_a_lost_state_is_rebuilt() -> anyh
 fn instances_joining_and_dying_mid_run_change_nothing() -> anyhow::Result<()> {
     let _heavy = HEAVY.lock().unwrap_or_else(|p| p.into_inner());
     let rt = tokio::runtime::Runtime::new()?;
-    let name = unique("rebalance");
-    let input = format!("{name}-in");
-    let output = format!("{name}-out");
-    let dead = format!("{name}-dead");
-    rt.block_on(create_topics(&[
-        (&input, PARTITIONS),
-        (&output, PARTITIONS),
-        (&dead, 1),
-    ]))?;
+    let (name, input, output, dead) = make_topics(&rt, "rebalance")?;
     let dirs: Vec<tempfile::TempDir> = (0..4)
         .map(|_| tempfile::tempdir())
         .collect::<Result<_, _>>()?;
@@ -446,16 +448,18 @@ fn instances_joining_and_dying_mid_run_change_nothing() -> anyhow::Result<()> {
         m.stop_cleanly()?;
     }
 
-    let (windows, watermarks) = reference(total);
-    let expected: BTreeMap<(String, i64), Agg> = windows
-        .into_iter()
-        .filter(|((key, start), _)| {
-            let number: u64 = key.trim_start_matches("sensor-").parse().unwrap_or(0);
-            start + WINDOW_MS <= watermarks[&((number % PARTITIONS as u64) as i32)]
-        })
-        .collect();
+    let expected = closed_windows(total);
+    // The killed instance's open transaction hides later output from
+    // read_committed readers until the broker aborts it (after
+    // transaction.timeout.ms): wait until the output is complete.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut output_records = read_committed(&output)?;
+    while output_records.len() < expected.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        output_records = read_committed(&output)?;
+    }
     let mut got = BTreeMap::new();
-    for m in read_committed(&output)? {
+    for m in output_records {
         let p = parse(&m);
         assert!(
             got.insert((p.key.clone(), p.start), p.agg).is_none(),

@@ -47,6 +47,12 @@ pub fn producer(config: &PipelineConfig) -> ClientConfig {
     client.set("enable.idempotence", "true");
     if config.commit.guarantee == Guarantee::ExactlyOnce {
         client.set("transactional.id", config.transactional_id());
+        // An instance that dies and never comes back leaves its open
+        // transaction blocking `read_committed` readers of every partition
+        // it wrote until the broker aborts it after this timeout. 10 s (as
+        // Kafka Streams uses under exactly-once) instead of librdkafka's 60 s;
+        // `producer_properties` may override it.
+        client.set("transaction.timeout.ms", "10000");
     }
     for (name, value) in &config.kafka.producer_properties {
         client.set(name, value);
