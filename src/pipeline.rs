@@ -7,11 +7,11 @@
 
 use std::fmt;
 
-use crate::config::{Format, PipelineConfig, SourceConfig};
+use crate::config::{Format, PipelineConfig, SourceConfig, StartPosition, StepConfig};
 use crate::expr::{Expr, Scope, json_to_key};
 use crate::format;
 use crate::state::{StateError, TaskStores};
-use crate::steps::{self, Operator, Origin, Record, StepContext, StepError};
+use crate::steps::{self, Operator, Origin, Record, StepContext, StepError, join};
 
 /// A record ready to produce.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,12 +80,68 @@ struct Sink {
     key: Option<Expr>,
 }
 
+/// The tables of a config, checked: each is named validly and read from
+/// the start; each `join` names one and does not follow a `rekey` (the
+/// table is partitioned by the key as read).
+fn tables(config: &PipelineConfig, issues: &mut Vec<BuildIssue>) -> Vec<(String, String)> {
+    let mut tables: Vec<(String, String)> = Vec::new();
+    for (i, source) in config.sources.iter().enumerate() {
+        let Some(name) = &source.table else { continue };
+        match join::table_store(name) {
+            Ok(store) if tables.iter().any(|(_, t)| *t == store) => issues.push((
+                format!("sources[{i}].table"),
+                format!("table `{store}` is fed by two sources"),
+            )),
+            Ok(store) => tables.push((source.topic.clone(), store)),
+            Err(e) => issues.push((format!("sources[{i}].table"), e)),
+        }
+        if source.start != StartPosition::Earliest {
+            issues.push((
+                format!("sources[{i}].start"),
+                "a table is read from the earliest offset; remove `start`".to_string(),
+            ));
+        }
+    }
+    let mut rekeyed = false;
+    for (i, step) in config.steps.iter().enumerate() {
+        match step {
+            StepConfig::Rekey(_) => rekeyed = true,
+            StepConfig::Join(j) => {
+                if !tables.iter().any(|(_, t)| *t == j.table) {
+                    let known: Vec<&str> = tables.iter().map(|(_, t)| t.as_str()).collect();
+                    issues.push((
+                        format!("steps[{i}].join.table"),
+                        format!(
+                            "no source feeds a table named `{}` (tables: {}); add `table: {}` to its source",
+                            j.table,
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") },
+                            j.table
+                        ),
+                    ));
+                }
+                if rekeyed {
+                    issues.push((
+                        format!("steps[{i}].join"),
+                        "a join looks up the key as read (the table is partitioned by it); \
+                         move the `rekey` after the join"
+                            .to_string(),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    tables
+}
+
 /// A built pipeline.
 pub struct Pipeline {
     scope: Scope,
     sources: Vec<SourceConfig>,
     steps: Vec<Box<dyn Operator>>,
     sinks: Vec<Sink>,
+    /// Sources that feed tables: (topic, table and store name).
+    tables: Vec<(String, String)>,
     dead_letter_topic: String,
 }
 
@@ -120,6 +176,7 @@ impl Pipeline {
                 key,
             });
         }
+        let tables = tables(config, &mut issues);
         // Indices line up with `config.steps` only when every step built.
         let built_all = steps_built.len() == config.steps.len();
         for (i, name) in steps::duplicate_stores(&steps_built)
@@ -132,10 +189,24 @@ impl Pipeline {
                 format!("store name `{name}` is already used by an earlier step"),
             ));
         }
+        if built_all {
+            let step_stores: Vec<String> = steps_built.iter().flat_map(|s| s.stores()).collect();
+            for (i, source) in config.sources.iter().enumerate() {
+                if let Some(table) = &source.table
+                    && step_stores.contains(table)
+                {
+                    issues.push((
+                        format!("sources[{i}].table"),
+                        format!("`{table}` is also the store name of a step; rename one"),
+                    ));
+                }
+            }
+        }
         if !issues.is_empty() {
             return Err(issues);
         }
         Ok(Pipeline {
+            tables,
             scope: Scope::default(),
             sources: config.sources.clone(),
             steps: steps_built,
@@ -168,9 +239,52 @@ impl Pipeline {
         topics
     }
 
-    /// Names of every state store the steps use.
+    /// Names of every state store: the steps' and the tables'.
     pub fn stores(&self) -> Vec<String> {
-        self.steps.iter().flat_map(|s| s.stores()).collect()
+        let mut stores: Vec<String> = self.steps.iter().flat_map(|s| s.stores()).collect();
+        stores.extend(self.tables.iter().map(|(_, table)| table.clone()));
+        stores
+    }
+
+    /// The topics that feed tables.
+    pub fn table_topics(&self) -> Vec<String> {
+        self.tables.iter().map(|(topic, _)| topic.clone()).collect()
+    }
+
+    /// Applies a record of a table's topic to the table's store. Tables
+    /// produce no output.
+    fn update_table(
+        &self,
+        table: &str,
+        origin: &Origin,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        stores: &mut dyn TaskStores,
+    ) -> Result<Result<Vec<Output>, Failure>, StateError> {
+        let at = format!("table {table} (source {})", origin.topic);
+        let Some(key) = key else {
+            return Ok(Err(Failure {
+                reason: FailureReason::Decode,
+                at,
+                message: "a table record needs a key (the row it sets)".to_string(),
+            }));
+        };
+        let row = match payload {
+            // A tombstone deletes the row.
+            None => None,
+            Some(_) => match format::decode(self.source_format(&origin.topic), payload) {
+                Ok(value) => Some(value),
+                Err(message) => {
+                    return Ok(Err(Failure {
+                        reason: FailureReason::Decode,
+                        at,
+                        message,
+                    }));
+                }
+            },
+        };
+        join::apply_table_record(stores.store(table)?, key, row.as_ref());
+        Ok(Ok(Vec::new()))
     }
 
     /// Runs one consumed record through the steps and encodes what comes out
@@ -185,6 +299,9 @@ impl Pipeline {
         timestamp: Option<i64>,
         stores: &mut dyn TaskStores,
     ) -> Result<Result<Vec<Output>, Failure>, StateError> {
+        if let Some((_, table)) = self.tables.iter().find(|(t, _)| *t == origin.topic) {
+            return self.update_table(table, origin, key, payload, stores);
+        }
         let value = match format::decode(self.source_format(&origin.topic), payload) {
             Ok(value) => value,
             Err(message) => {
@@ -270,8 +387,13 @@ impl Pipeline {
             config.commit.interval
         ));
         for source in &self.sources {
+            let table = source
+                .table
+                .as_ref()
+                .map(|t| format!(" -> table {t}"))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "  source  {} ({}, start {})\n",
+                "  source  {} ({}, start {}){table}\n",
                 source.topic, source.format, source.start
             ));
         }
@@ -430,5 +552,101 @@ sinks: {a: {topic: ta}, b: {topic: tb}}
         let out = run(&mut p, None, b"{}", None).unwrap();
         let topics: Vec<&str> = out.iter().map(|o| o.topic.as_str()).collect();
         assert_eq!(topics, ["ta", "tb"]);
+    }
+
+    const JOINED: &str = r#"
+pipeline: p
+sources:
+  - {topic: in}
+  - {topic: devices-topic, table: devices}
+steps:
+  - join: {table: devices, into: device}
+sinks: {out: {topic: out}}
+"#;
+
+    fn process_from(
+        p: &mut Pipeline,
+        stores: &mut crate::state::MemStores,
+        topic: &str,
+        key: &[u8],
+        payload: Option<&[u8]>,
+    ) -> Result<Vec<Output>, Failure> {
+        let origin = Origin {
+            topic: topic.into(),
+            partition: 0,
+            offset: 1,
+        };
+        p.process(&origin, Some(key), payload, Some(5), stores)
+            .expect("memory stores do not fail")
+    }
+
+    #[test]
+    fn table_records_fill_the_table_and_joins_read_it() {
+        let mut p = pipeline(JOINED);
+        assert_eq!(p.stores(), ["devices"]);
+        assert_eq!(p.table_topics(), ["devices-topic"]);
+        let mut stores = crate::state::MemStores::default();
+        let row = br#"{"ward": "A"}"#;
+        let out = process_from(&mut p, &mut stores, "devices-topic", b"d1", Some(row));
+        assert!(out.expect("applied").is_empty(), "tables produce nothing");
+        let out =
+            process_from(&mut p, &mut stores, "in", b"d1", Some(br#"{"hr": 61}"#)).expect("joined");
+        let value: serde_json::Value = serde_json::from_slice(&out[0].payload).expect("json");
+        assert_eq!(
+            value,
+            serde_json::json!({"hr": 61, "device": {"ward": "A"}})
+        );
+        // A tombstone deletes the row.
+        process_from(&mut p, &mut stores, "devices-topic", b"d1", None).expect("deleted");
+        let out =
+            process_from(&mut p, &mut stores, "in", b"d1", Some(br#"{"hr": 62}"#)).expect("joined");
+        let value: serde_json::Value = serde_json::from_slice(&out[0].payload).expect("json");
+        assert_eq!(value["device"], serde_json::Value::Null);
+        // A bad table record is a dead letter, and the table is unchanged.
+        let failure =
+            process_from(&mut p, &mut stores, "devices-topic", b"d2", Some(b"{oops")).unwrap_err();
+        assert_eq!(failure.reason, FailureReason::Decode);
+    }
+
+    #[test]
+    fn join_configuration_mistakes_are_named() {
+        let config = |yaml: &str| parse(yaml, Path::new("t.yaml"), &|_| None).expect("parses");
+        let issues = |yaml: &str| match Pipeline::build(&config(yaml)) {
+            Ok(_) => panic!("builds"),
+            Err(issues) => issues,
+        };
+        let found = issues(
+            r#"
+pipeline: p
+sources: [{topic: in}, {topic: t, table: devices, start: latest}]
+steps:
+  - rekey: value.other
+  - join: {table: devicez}
+  - join: {table: devices}
+sinks: {out: {topic: out}}
+"#,
+        );
+        let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "sources[1].start",
+                "steps[1].join.table",
+                "steps[1].join",
+                "steps[2].join"
+            ],
+            "{found:?}"
+        );
+        assert!(found[1].1.contains("tables: devices"), "{found:?}");
+        let found = issues(
+            r#"
+pipeline: p
+sources: [{topic: in}, {topic: t, table: dedup-0}]
+steps:
+  - dedup: {id: value.id, ttl: 1m}
+sinks: {out: {topic: out}}
+"#,
+        );
+        assert_eq!(found[0].0, "sources[1].table", "{found:?}");
     }
 }
