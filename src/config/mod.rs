@@ -283,6 +283,9 @@ pub enum StepConfig {
     Reduce(ReduceConfig),
     /// Enrich with the latest value of a table; see [`JoinConfig`].
     Join(JoinConfig),
+    /// Alert when a key goes silent, and when it resumes; see
+    /// [`StaleConfig`].
+    Stale(StaleConfig),
 }
 
 impl StepConfig {
@@ -299,6 +302,7 @@ impl StepConfig {
             StepConfig::Dedup(_) => "dedup",
             StepConfig::Reduce(_) => "reduce",
             StepConfig::Join(_) => "join",
+            StepConfig::Stale(_) => "stale",
         }
     }
 }
@@ -410,6 +414,31 @@ pub struct DedupConfig {
     /// largest event time passes them by `ttl`. Required.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Expression for the event time in milliseconds. Default: the record
+    /// timestamp.
+    #[serde(default)]
+    pub time: Option<String>,
+}
+
+/// `stale`: an event when a key has sent nothing for `after` (wall clock),
+/// and another when it sends again.
+///
+/// ```yaml
+/// - stale: {after: 30s}
+/// ```
+///
+/// Emits `{"key", "state": "stale"|"resumed", "last_seen", "silent_ms"}`
+/// keyed by the record key; records themselves are not passed on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaleConfig {
+    /// Name of the state store. Default `stale-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Silence (wall clock since the key's latest event time) that makes a
+    /// key stale. Required.
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
     /// Expression for the event time in milliseconds. Default: the record
     /// timestamp.
     #[serde(default)]
