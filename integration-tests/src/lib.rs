@@ -10,6 +10,8 @@
 //! Every test makes its own topics with [`unique`] names, so tests run in
 //! parallel against one broker.
 
+pub mod registry;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpListener;
