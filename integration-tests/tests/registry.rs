@@ -602,7 +602,7 @@ fn the_topic_holds_confluent_records_and_a_confluent_topic_is_served() -> anyhow
 
     // A topic written by Confluent Schema Registry and Karapace.
     let topic = unique("schemas-confluent");
-    create_topics(&[(&topic, 1)]).await_blocking()?;
+    create_topics(&[(topic.as_str(), 1)]).await_blocking()?;
     let int = r#"{"type":"int"}"#;
     let reading = rec(&[A]);
     let value = |subject: &str, version: u32, id: u32, schema: &str| {

@@ -113,8 +113,12 @@ pub struct NewSchema<'a> {
     pub schema: &'a str,
     #[serde(rename = "schemaType")]
     pub schema_type: &'a str,
-    #[serde(skip_serializing_if = "<[Reference]>::is_empty")]
+    #[serde(skip_serializing_if = "no_references")]
     pub references: &'a [Reference],
+}
+
+fn no_references(references: &&[Reference]) -> bool {
+    references.is_empty()
 }
 
 impl<'a> NewSchema<'a> {

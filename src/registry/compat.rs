@@ -183,6 +183,7 @@ pub fn can_read(writer: &ParsedAvro, reader: &ParsedAvro) -> Vec<String> {
 
 /// A schema seen through references and logical types: what the binary
 /// encoding, and so resolution, depends on.
+#[derive(Clone, Copy)]
 enum Kind<'a> {
     Null,
     Boolean,
@@ -285,7 +286,7 @@ impl<'a> Checker<'a> {
                 return false;
             }
         };
-        match (&wk, &rk) {
+        match (wk, rk) {
             // A writer union resolves branch by branch: every branch it may
             // write must be readable.
             (Kind::Union(branches), _) => {

@@ -229,7 +229,9 @@ impl Record {
                     .and_then(|v| v.max_id);
                 Ok(Record::Noop { max_id })
             }
-            _ => Ok(Record::Ignored { keytype }),
+            _ => Ok(Record::Ignored {
+                keytype: keytype.clone(),
+            }),
         }
     }
 
@@ -259,15 +261,15 @@ impl Record {
                 // Confluent writes the subject into the value too; Karapace
                 // reads only `compatibilityLevel`.
                 let value = level.map(|level| {
-                    match subject {
+                    let text = match subject {
                         Some(s) => format!(
                             r#"{{"subject":{},"compatibilityLevel":"{}"}}"#,
                             json_string(s),
                             level.as_str()
                         ),
                         None => format!(r#"{{"compatibilityLevel":"{}"}}"#, level.as_str()),
-                    }
-                    .into_bytes()
+                    };
+                    text.into_bytes()
                 });
                 (key.into_bytes(), value)
             }

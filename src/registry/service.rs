@@ -33,7 +33,7 @@ use super::store::{Found, SchemaEntry, Store, VersionSpec};
 
 /// Attempts of one write before giving up (each after losing the writer
 /// role or an aborted transaction).
-const WRITE_ATTEMPTS: u32 = 4;
+const WRITE_ATTEMPTS: u32 = 6;
 
 /// How deep references may nest.
 const MAX_REFERENCE_DEPTH: usize = 32;
@@ -333,8 +333,8 @@ impl Registry {
         }
         let candidate = self.read(|store| prepare(store, request, normalize))?;
         // Registered already: no write, no writer role needed.
-        if let Ok(found) = self.read(|store| store.lookup(subject, &candidate.identity, false)) {
-            return Ok(found.id);
+        if let Ok(id) = self.read(|store| Ok(store.lookup(subject, &candidate.identity, false)?.id)) {
+            return Ok(id);
         }
         let id = self
             .write(|store| {
@@ -550,7 +550,11 @@ impl Registry {
         for attempt in 1..=WRITE_ATTEMPTS {
             if attempt > 1 {
                 self.metrics.writes.with_label_values(&["retried"]).inc();
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                // Random backoff: two instances that keep taking the role
+                // from each other fall out of step.
+                let ceiling = 100 * u64::from(attempt);
+                let pause = rand::random_range(ceiling / 4..=ceiling);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
             }
             if !writer.has_role() {
                 let (w, outcome) = self.take_role(writer).await?;
