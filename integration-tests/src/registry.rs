@@ -79,7 +79,10 @@ impl Registry {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if !self.is_running() {
-                bail!("millrace registry exited early; log:\n{}", self.log_tail(40));
+                bail!(
+                    "millrace registry exited early; log:\n{}",
+                    self.log_tail(40)
+                );
             }
             let ready = self
                 .http
@@ -158,9 +161,7 @@ impl Registry {
                 .header("Content-Type", SR_JSON)
                 .body(body.to_string());
         }
-        let response = request
-            .send()
-            .with_context(|| format!("{method} {path}"))?;
+        let response = request.send().with_context(|| format!("{method} {path}"))?;
         let status = response.status().as_u16();
         let content_type = response
             .headers()

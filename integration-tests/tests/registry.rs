@@ -88,7 +88,8 @@ fn each_level_accepts_a_compatible_evolution_and_refuses_an_incompatible_one() -
             level: "FULL",
             history: vec![rec(&[A, B_DEFAULT])],
             compatible: rec(&[A, B_DEFAULT, C_DEFAULT]),
-            incompatible: rec(&[A, B_DEFAULT, C]),
+            // Backward but not forward: readers of the latest need `a`.
+            incompatible: rec(&[B_DEFAULT, C_DEFAULT]),
         },
         Case {
             level: "FULL_TRANSITIVE",
@@ -145,7 +146,12 @@ fn each_level_accepts_a_compatible_evolution_and_refuses_an_incompatible_one() -
             assert_eq!(check_all.1["is_compatible"], true);
             continue;
         }
-        assert_eq!((status, error_code(&body)), (409, 409), "{}: {body}", case.level);
+        assert_eq!(
+            (status, error_code(&body)),
+            (409, 409),
+            "{}: {body}",
+            case.level
+        );
         assert!(
             body["message"]
                 .as_str()
@@ -222,7 +228,10 @@ fn ids_versions_and_configs_survive_a_restart() -> anyhow::Result<()> {
     let v1 = registry.register(&s1, &rec(&[A]))?;
     let v2 = registry.register(&s1, &rec(&[A, B_DEFAULT]))?;
     let shared = registry.register(&s2, &rec(&[A]))?;
-    assert_eq!(shared, v1, "the same schema has the same id in every subject");
+    assert_eq!(
+        shared, v1,
+        "the same schema has the same id in every subject"
+    );
     registry.put(&format!("/config/{s2}"), &json!({"compatibility": "NONE"}))?;
     registry.put("/config", &json!({"compatibility": "FULL"}))?;
     registry.delete(&format!("/subjects/{s1}/versions/1"))?;
@@ -277,7 +286,10 @@ fn two_instances_agree_on_ids_and_never_reuse_one() -> anyhow::Result<()> {
     assert_eq!(second.register(&other_subject, &rec(&[A]))?, id);
     let id2 = second.register(&s, &rec(&[A, B_DEFAULT]))?;
     assert!(id2 > id);
-    assert_eq!(first.register(&unique("two-c"), &rec(&[A, B_DEFAULT]))?, id2);
+    assert_eq!(
+        first.register(&unique("two-c"), &rec(&[A, B_DEFAULT]))?,
+        id2
+    );
 
     // Writers on both instances at once: distinct schemas get distinct
     // ids, the same schema the same id, and both instances serve the same
@@ -322,7 +334,11 @@ fn two_instances_agree_on_ids_and_never_reuse_one() -> anyhow::Result<()> {
         assert_eq!(ids.len(), 1, "one id for {schema}: {ids:?}");
     }
     let all_ids: BTreeSet<u64> = by_schema.values().flatten().copied().collect();
-    assert_eq!(all_ids.len(), 13, "distinct schemas, distinct ids: {all_ids:?}");
+    assert_eq!(
+        all_ids.len(),
+        13,
+        "distinct schemas, distinct ids: {all_ids:?}"
+    );
     assert!(all_ids.iter().all(|i| *i > id2));
     for (schema, ids) in &by_schema {
         let id = ids.iter().next().copied().unwrap_or_default();
@@ -342,18 +358,25 @@ fn two_instances_agree_on_ids_and_never_reuse_one() -> anyhow::Result<()> {
         let subject = user["subject"].as_str().unwrap_or_default();
         let version = &user["version"];
         first.delete(&format!("/subjects/{subject}/versions/{version}"))?;
-        let (status, _) =
-            first.delete(&format!("/subjects/{subject}/versions/{version}?permanent=true"))?;
+        let (status, _) = first.delete(&format!(
+            "/subjects/{subject}/versions/{version}?permanent=true"
+        ))?;
         assert_eq!(status, 200);
     }
     assert_eq!(first.get(&format!("/schemas/ids/{top}"))?.0, 404);
-    let next = second.register(&unique("two-after"), &rec(&[r#"{"name":"z","type":"int"}"#]))?;
+    let next = second.register(
+        &unique("two-after"),
+        &rec(&[r#"{"name":"z","type":"int"}"#]),
+    )?;
     assert!(next > top, "{next} > {top}");
     first.stop()?;
     second.stop()?;
     first.restart()?;
     second.restart()?;
-    let after = first.register(&unique("two-restarted"), &rec(&[r#"{"name":"y","type":"int"}"#]))?;
+    let after = first.register(
+        &unique("two-restarted"),
+        &rec(&[r#"{"name":"y","type":"int"}"#]),
+    )?;
     assert!(after > next, "{after} > {next}");
     Ok(())
 }
@@ -378,13 +401,21 @@ fn soft_and_permanent_deletes_behave_like_confluent() -> anyhow::Result<()> {
         let (_, versions) = registry.get(&format!("/subjects/{s}/versions{query}"))?;
         assert_eq!(versions, expected, "{query}");
     }
-    assert_error(registry.get(&format!("/subjects/{s}/versions/1"))?, 404, 40402);
+    assert_error(
+        registry.get(&format!("/subjects/{s}/versions/1"))?,
+        404,
+        40402,
+    );
     let (status, deleted) = registry.get(&format!("/subjects/{s}/versions/1?deleted=True"))?;
     assert_eq!((status, deleted["id"].as_u64()), (200, Some(x)));
     // The id of a soft-deleted version still resolves (readers of old
     // data need it).
     assert_eq!(registry.get(&format!("/schemas/ids/{x}"))?.0, 200);
-    assert_error(registry.delete(&format!("/subjects/{s}/versions/1"))?, 404, 40406);
+    assert_error(
+        registry.delete(&format!("/subjects/{s}/versions/1"))?,
+        404,
+        40406,
+    );
     assert_error(
         registry.delete(&format!("/subjects/{s}/versions/2?permanent=true"))?,
         404,
@@ -405,9 +436,16 @@ fn soft_and_permanent_deletes_behave_like_confluent() -> anyhow::Result<()> {
     assert!(!live.as_array().is_some_and(|a| a.contains(&json!(s))));
     let (_, all) = registry.get("/subjects?deleted=true")?;
     assert!(all.as_array().is_some_and(|a| a.contains(&json!(s))));
-    assert_error(registry.get(&format!("/subjects/{s}/versions"))?, 404, 40401);
     assert_error(
-        registry.post(&format!("/subjects/{s}"), &schema_body(&rec(&[A, B_DEFAULT])))?,
+        registry.get(&format!("/subjects/{s}/versions"))?,
+        404,
+        40401,
+    );
+    assert_error(
+        registry.post(
+            &format!("/subjects/{s}"),
+            &schema_body(&rec(&[A, B_DEFAULT])),
+        )?,
         404,
         40401,
     );
@@ -421,14 +459,22 @@ fn soft_and_permanent_deletes_behave_like_confluent() -> anyhow::Result<()> {
     assert_eq!(registry.register(&s, &rec(&[A, B_DEFAULT]))?, y);
     let (_, latest) = registry.get(&format!("/subjects/{s}/versions/latest"))?;
     assert_eq!(latest["version"], 3);
-    assert_error(registry.delete(&format!("/subjects/{s}?permanent=true"))?, 404, 40405);
+    assert_error(
+        registry.delete(&format!("/subjects/{s}?permanent=true"))?,
+        404,
+        40405,
+    );
     registry.put(&format!("/config/{s}"), &json!({"compatibility": "FULL"}))?;
     registry.delete(&format!("/subjects/{s}"))?;
     let (status, body) = registry.delete(&format!("/subjects/{s}?permanent=true"))?;
     assert_eq!((status, body), (200, json!([2, 3])));
     let (_, all) = registry.get("/subjects?deleted=true")?;
     assert!(!all.as_array().is_some_and(|a| a.contains(&json!(s))));
-    assert_error(registry.get(&format!("/subjects/{s}/versions?deleted=true"))?, 404, 40401);
+    assert_error(
+        registry.get(&format!("/subjects/{s}/versions?deleted=true"))?,
+        404,
+        40401,
+    );
     // Its configuration went with it.
     assert_error(registry.get(&format!("/config/{s}"))?, 404, 40408);
     // A fresh start: version 1, and a new id (the old ones are never
@@ -446,12 +492,27 @@ fn errors_carry_confluent_codes_and_content_types_are_negotiated() -> anyhow::Re
     let s = unique("errors");
     let id = registry.register(&s, &rec(&[A]))?;
 
-    assert_error(registry.get("/subjects/no-such-subject/versions")?, 404, 40401);
-    assert_error(registry.get("/subjects/no-such-subject/versions/latest")?, 404, 40401);
-    assert_error(registry.get(&format!("/subjects/{s}/versions/99"))?, 404, 40402);
+    assert_error(
+        registry.get("/subjects/no-such-subject/versions")?,
+        404,
+        40401,
+    );
+    assert_error(
+        registry.get("/subjects/no-such-subject/versions/latest")?,
+        404,
+        40401,
+    );
+    assert_error(
+        registry.get(&format!("/subjects/{s}/versions/99"))?,
+        404,
+        40402,
+    );
     assert_error(registry.get("/schemas/ids/987654")?, 404, 40403);
     assert_error(
-        registry.post(&format!("/subjects/{s}"), &schema_body(&rec(&[A, B_DEFAULT])))?,
+        registry.post(
+            &format!("/subjects/{s}"),
+            &schema_body(&rec(&[A, B_DEFAULT])),
+        )?,
         404,
         40403,
     );
@@ -475,9 +536,17 @@ fn errors_carry_confluent_codes_and_content_types_are_negotiated() -> anyhow::Re
         42201,
     );
     for bad in ["0", "-2", "abc", "99999999999"] {
-        assert_error(registry.get(&format!("/subjects/{s}/versions/{bad}"))?, 422, 42202);
+        assert_error(
+            registry.get(&format!("/subjects/{s}/versions/{bad}"))?,
+            422,
+            42202,
+        );
     }
-    assert_error(registry.delete(&format!("/subjects/{s}/versions/abc"))?, 422, 42202);
+    assert_error(
+        registry.delete(&format!("/subjects/{s}/versions/abc"))?,
+        422,
+        42202,
+    );
     assert_error(
         registry.put("/config", &json!({"compatibility": "SIDEWAYS"}))?,
         422,
@@ -485,8 +554,15 @@ fn errors_carry_confluent_codes_and_content_types_are_negotiated() -> anyhow::Re
     );
     assert_error(registry.get(&format!("/config/{s}"))?, 404, 40408);
     let (status, level) = registry.get(&format!("/config/{s}?defaultToGlobal=true"))?;
-    assert_eq!((status, &level["compatibilityLevel"]), (200, &json!("BACKWARD")));
-    assert_error(registry.get(&format!("/subjects/{s}/versions?deleted=maybe"))?, 400, 400);
+    assert_eq!(
+        (status, &level["compatibilityLevel"]),
+        (200, &json!("BACKWARD"))
+    );
+    assert_error(
+        registry.get(&format!("/subjects/{s}/versions?deleted=maybe"))?,
+        400,
+        400,
+    );
     assert_error(registry.get("/no/such/route")?, 404, 404);
 
     // Flags as Python sends them; the id lookup takes a subject.
@@ -499,8 +575,15 @@ fn errors_carry_confluent_codes_and_content_types_are_negotiated() -> anyhow::Re
         &format!("/subjects/{s}?normalize=False&deleted=False"),
         &schema_body(&rec(&[A])),
     )?;
-    assert_eq!((status, found["id"].as_u64(), found["version"].as_u64()), (200, Some(id), Some(1)));
-    for query in [format!("?subject={s}"), "?subject=another".to_string(), String::new()] {
+    assert_eq!(
+        (status, found["id"].as_u64(), found["version"].as_u64()),
+        (200, Some(id), Some(1))
+    );
+    for query in [
+        format!("?subject={s}"),
+        "?subject=another".to_string(),
+        String::new(),
+    ] {
         let (status, body) = registry.get(&format!("/schemas/ids/{id}{query}"))?;
         assert_eq!(status, 200, "{query}");
         assert_eq!(body["schema"], json!(rec(&[A])), "{query}");
@@ -574,9 +657,11 @@ fn the_topic_holds_confluent_records_and_a_confluent_topic_is_served() -> anyhow
             )
         })
         .collect();
+    // The last record of a key is the one compaction keeps.
     let value_of = |key: &str| -> Option<Value> {
         records
             .iter()
+            .rev()
             .find(|(k, _)| k == key)
             .and_then(|(_, v)| v.clone())
     };
@@ -588,8 +673,10 @@ fn the_topic_holds_confluent_records_and_a_confluent_topic_is_served() -> anyhow
         schema,
         json!({"subject": s, "version": 1, "id": id, "schema": rec(&[A]), "deleted": false})
     );
-    let config = value_of(&format!(r#"{{"keytype":"CONFIG","subject":"{s}","magic":0}}"#))
-        .expect("a CONFIG record");
+    let config = value_of(&format!(
+        r#"{{"keytype":"CONFIG","subject":"{s}","magic":0}}"#
+    ))
+    .expect("a CONFIG record");
     assert_eq!(config["compatibilityLevel"], "FULL");
     let delete = value_of(&format!(
         r#"{{"keytype":"DELETE_SUBJECT","subject":"{s}","magic":0}}"#
@@ -651,7 +738,10 @@ fn the_topic_holds_confluent_records_and_a_confluent_topic_is_served() -> anyhow
     let (_, subjects) = registry.get("/subjects?deleted=true")?;
     assert_eq!(subjects, json!(["old-value", "orders-value"]));
     let (_, v2) = registry.get("/subjects/orders-value/versions/latest")?;
-    assert_eq!((v2["version"].as_u64(), v2["id"].as_u64()), (Some(2), Some(9)));
+    assert_eq!(
+        (v2["version"].as_u64(), v2["id"].as_u64()),
+        (Some(2), Some(9))
+    );
     let (_, by_id) = registry.get("/schemas/ids/5")?;
     assert_eq!(by_id["schema"], int);
     let (_, users) = registry.get("/schemas/ids/5/versions?deleted=true")?;
@@ -706,7 +796,11 @@ fn schemas_register_and_check_work_through_the_cli() -> anyhow::Result<()> {
         "{stdout}"
     );
     assert!(stdout.contains(&format!("{stem}-key")), "{stdout}");
-    assert_eq!(registry.get("/subjects")?.1, json!([]), "check registers nothing");
+    assert_eq!(
+        registry.get("/subjects")?.1,
+        json!([]),
+        "check registers nothing"
+    );
 
     let (code, stdout, stderr) = cli(&["schemas", "register", &dir_arg, "--url", &url])?;
     assert_eq!(code, 0, "{stderr}");
@@ -716,7 +810,10 @@ fn schemas_register_and_check_work_through_the_cli() -> anyhow::Result<()> {
     let (code, stdout, _) = cli(&["schemas", "register", &dir_arg, "--url", &url])?;
     assert_eq!(code, 0);
     assert!(
-        stdout.contains(&format!("unchanged     {stem}-value  version 1  id {}", latest["id"])),
+        stdout.contains(&format!(
+            "unchanged     {stem}-value  version 1  id {}",
+            latest["id"]
+        )),
         "{stdout}"
     );
 
@@ -725,13 +822,18 @@ fn schemas_register_and_check_work_through_the_cli() -> anyhow::Result<()> {
     let (code, stdout, stderr) = cli(&["schemas", "check", &dir_arg, "--url", &url])?;
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains(&format!("compatible    {stem}-value  would be version 2 (BACKWARD)")),
+        stdout.contains(&format!(
+            "compatible    {stem}-value  would be version 2 (BACKWARD)"
+        )),
         "{stdout}"
     );
     std::fs::write(&value_file, rec(&[A, C]))?;
     let (code, _, stderr) = cli(&["schemas", "check", &dir_arg, "--url", &url])?;
     assert_eq!(code, 1);
-    assert!(stderr.contains("incompatible") && stderr.contains("`c`"), "{stderr}");
+    assert!(
+        stderr.contains("incompatible") && stderr.contains("`c`"),
+        "{stderr}"
+    );
     // The URL from the environment.
     let output = Command::new(millrace_integration_tests::millrace_bin())
         .args(["schemas", "register", &dir_arg])
@@ -741,15 +843,25 @@ fn schemas_register_and_check_work_through_the_cli() -> anyhow::Result<()> {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("409"), "{stderr}");
     let (_, versions) = registry.get(&format!("/subjects/{stem}-value/versions"))?;
-    assert_eq!(versions, json!([1]), "the incompatible schema was not registered");
+    assert_eq!(
+        versions,
+        json!([1]),
+        "the incompatible schema was not registered"
+    );
 
     // A file that is not Avro fails by name; the others still go through.
     std::fs::write(&value_file, rec(&[A, B_DEFAULT]))?;
     std::fs::write(dir.path().join("broken.avsc"), "{not avro")?;
     let (code, stdout, stderr) = cli(&["schemas", "register", &dir_arg, "--url", &url])?;
     assert_eq!(code, 1);
-    assert!(stderr.contains("broken.avsc") && stderr.contains("not a valid Avro schema"), "{stderr}");
-    assert!(stdout.contains(&format!("registered    {stem}-value  version 2")), "{stdout}");
+    assert!(
+        stderr.contains("broken.avsc") && stderr.contains("not a valid Avro schema"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("registered    {stem}-value  version 2")),
+        "{stdout}"
+    );
     // No directory, no registry: clear errors.
     let (code, _, stderr) = cli(&["schemas", "check", "/no/such/dir", "--url", &url])?;
     assert_eq!(code, 2, "{stderr}");

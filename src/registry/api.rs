@@ -43,7 +43,11 @@ type Flags = Result<Query<HashMap<String, String>>, QueryRejection>;
 type ApiResult = Result<Response, RegistryError>;
 
 /// The whole HTTP surface of a registry instance.
-pub fn router(registry: Arc<Registry>, metrics: Arc<RegistryMetrics>, health: Arc<Health>) -> Router {
+pub fn router(
+    registry: Arc<Registry>,
+    metrics: Arc<RegistryMetrics>,
+    health: Arc<Health>,
+) -> Router {
     let state = AppState { registry, metrics };
     let api = Router::new()
         .route("/", get(root))
@@ -77,7 +81,9 @@ pub fn router(registry: Arc<Registry>, metrics: Arc<RegistryMetrics>, health: Ar
         )
         .route(
             "/config",
-            get(global_config).put(put_global_config).delete(delete_global_config),
+            get(global_config)
+                .put(put_global_config)
+                .delete(delete_global_config),
         )
         .route(
             "/config/{subject}",
@@ -239,7 +245,11 @@ async fn schema_types(State(s): State<AppState>) -> ApiResult {
 /// `GET /schemas/ids/{id}`. The `subject` parameter is accepted and, as in
 /// Confluent's default context, does not narrow the lookup: ids are
 /// global.
-async fn schema_by_id(State(s): State<AppState>, Path(id): Path<String>, query: Flags) -> ApiResult {
+async fn schema_by_id(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    query: Flags,
+) -> ApiResult {
     params(query)?;
     ok(&s.registry.schema_by_id(parse_id(&id)?)?)
 }
@@ -261,7 +271,9 @@ fn raw_schema(text: String) -> Response {
 
 async fn id_subjects(State(s): State<AppState>, Path(id): Path<String>, query: Flags) -> ApiResult {
     let p = params(query)?;
-    let mut subjects = s.registry.id_subjects(parse_id(&id)?, flag(&p, "deleted")?)?;
+    let mut subjects = s
+        .registry
+        .id_subjects(parse_id(&id)?, flag(&p, "deleted")?)?;
     if let Some(subject) = p.get("subject") {
         subjects.retain(|s| s == subject);
     }
@@ -270,7 +282,9 @@ async fn id_subjects(State(s): State<AppState>, Path(id): Path<String>, query: F
 
 async fn id_versions(State(s): State<AppState>, Path(id): Path<String>, query: Flags) -> ApiResult {
     let p = params(query)?;
-    let mut versions = s.registry.id_versions(parse_id(&id)?, flag(&p, "deleted")?)?;
+    let mut versions = s
+        .registry
+        .id_versions(parse_id(&id)?, flag(&p, "deleted")?)?;
     if let Some(subject) = p.get("subject") {
         versions.retain(|v| &v.subject == subject);
     }
@@ -287,7 +301,11 @@ async fn subjects(State(s): State<AppState>, query: Flags) -> ApiResult {
     ok(&page(subjects, &p)?)
 }
 
-async fn versions(State(s): State<AppState>, Path(subject): Path<String>, query: Flags) -> ApiResult {
+async fn versions(
+    State(s): State<AppState>,
+    Path(subject): Path<String>,
+    query: Flags,
+) -> ApiResult {
     let p = params(query)?;
     let versions =
         s.registry
@@ -434,7 +452,11 @@ async fn global_config(State(s): State<AppState>) -> ApiResult {
     ok(&json!({"compatibilityLevel": s.registry.global_level()?}))
 }
 
-async fn put_global_config(State(s): State<AppState>, headers: HeaderMap, bytes: Bytes) -> ApiResult {
+async fn put_global_config(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> ApiResult {
     let level = level_from(&headers, &bytes)?;
     let level = s.registry.set_level(None, level).await?;
     ok(&json!({ "compatibility": level }))
@@ -467,7 +489,10 @@ async fn put_subject_config(
     ok(&json!({ "compatibility": level }))
 }
 
-async fn delete_subject_config(State(s): State<AppState>, Path(subject): Path<String>) -> ApiResult {
+async fn delete_subject_config(
+    State(s): State<AppState>,
+    Path(subject): Path<String>,
+) -> ApiResult {
     ok(&json!({"compatibilityLevel": s.registry.delete_level(Some(&subject)).await?}))
 }
 

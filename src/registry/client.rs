@@ -390,7 +390,10 @@ mod tests {
             .expect("valid");
         assert_eq!(c.url(), "http://registry:8081/base/");
         let auth = c.auth.expect("credentials");
-        assert_eq!((auth.user.as_str(), auth.password.as_str()), ("al@ice", "s:cret"));
+        assert_eq!(
+            (auth.user.as_str(), auth.password.as_str()),
+            ("al@ice", "s:cret")
+        );
         // Explicit credentials win.
         let c = RegistryClient::new(
             "http://u:p@registry:8081",
@@ -407,7 +410,10 @@ mod tests {
     fn subjects_are_path_encoded() {
         let c = RegistryClient::new("http://registry:8081", None).expect("valid");
         let url = c.url_of(&["subjects", "a/b c", "versions"]);
-        assert_eq!(url.as_str(), "http://registry:8081/subjects/a%2Fb%20c/versions");
+        assert_eq!(
+            url.as_str(),
+            "http://registry:8081/subjects/a%2Fb%20c/versions"
+        );
     }
 
     #[test]

@@ -522,11 +522,7 @@ mod tests {
             (r#""string""#, r#""int""#, false),
             (r#""null""#, r#""boolean""#, false),
             // Logical types compare as their underlying types.
-            (
-                r#"{"type":"int","logicalType":"date"}"#,
-                r#""long""#,
-                true,
-            ),
+            (r#"{"type":"int","logicalType":"date"}"#, r#""long""#, true),
             (
                 r#""long""#,
                 r#"{"type":"long","logicalType":"timestamp-millis"}"#,
@@ -540,7 +536,8 @@ mod tests {
     #[test]
     fn record_fields_need_defaults_when_the_writer_lacks_them() {
         let a = record(r#"{"name":"a","type":"int"}"#);
-        let ab_default = record(r#"{"name":"a","type":"int"},{"name":"b","type":"int","default":0}"#);
+        let ab_default =
+            record(r#"{"name":"a","type":"int"},{"name":"b","type":"int","default":0}"#);
         let ab = record(r#"{"name":"a","type":"int"},{"name":"b","type":"int"}"#);
         assert!(can_read(&a, &ab_default).is_empty(), "added with a default");
         let problems = can_read(&a, &ab);
@@ -551,7 +548,10 @@ mod tests {
         // A field renamed with an alias on the reader side.
         let renamed = record(r#"{"name":"alpha","type":"int","aliases":["a"]}"#);
         assert!(can_read(&a, &renamed).is_empty());
-        assert!(!can_read(&renamed, &a).is_empty(), "writer aliases do not count");
+        assert!(
+            !can_read(&renamed, &a).is_empty(),
+            "writer aliases do not count"
+        );
         // A field's type change is checked recursively.
         let a_long = record(r#"{"name":"a","type":"long"}"#);
         assert!(can_read(&a, &a_long).is_empty());
@@ -566,7 +566,10 @@ mod tests {
         let other_ns = avro(r#"{"type":"record","name":"One","namespace":"x","fields":[]}"#);
         assert!(!can_read(&r1, &r2).is_empty());
         assert!(can_read(&r1, &r2_alias).is_empty());
-        assert!(can_read(&r1, &other_ns).is_empty(), "unqualified names match");
+        assert!(
+            can_read(&r1, &other_ns).is_empty(),
+            "unqualified names match"
+        );
     }
 
     #[test]
@@ -585,7 +588,10 @@ mod tests {
         let null_int = r#"["null","int"]"#;
         let null_long = r#"["null","long"]"#;
         let int_string = r#"["int","string"]"#;
-        assert!(readable(int, null_int), "a reader union takes a matching branch");
+        assert!(
+            readable(int, null_int),
+            "a reader union takes a matching branch"
+        );
         assert!(readable(null_int, null_long), "branches promote");
         assert!(!readable(null_int, int), "the writer may write null");
         assert!(!readable(int_string, int));
@@ -631,7 +637,11 @@ mod tests {
         let reader = record(
             r#"{"name":"b","type":{"type":"record","name":"P","fields":[{"name":"x","type":"long"}]}}"#,
         );
-        assert!(can_read(&writer, &reader).is_empty(), "{:?}", can_read(&writer, &reader));
+        assert!(
+            can_read(&writer, &reader).is_empty(),
+            "{:?}",
+            can_read(&writer, &reader)
+        );
         let narrower = record(
             r#"{"name":"b","type":{"type":"record","name":"P","fields":[{"name":"y","type":"int"}]}}"#,
         );
@@ -673,7 +683,10 @@ mod tests {
             CompatibilityLevel::parse("full_transitive"),
             Some(CompatibilityLevel::FullTransitive)
         );
-        assert_eq!(CompatibilityLevel::parse("Backward"), Some(CompatibilityLevel::Backward));
+        assert_eq!(
+            CompatibilityLevel::parse("Backward"),
+            Some(CompatibilityLevel::Backward)
+        );
         assert_eq!(CompatibilityLevel::parse("sideways"), None);
     }
 }

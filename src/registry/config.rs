@@ -128,7 +128,11 @@ impl RegistryConfig {
         if let Some(listen) = &overrides.listen {
             config.listen = listen.clone();
         }
-        if let Some(bootstrap) = overrides.bootstrap.as_ref().filter(|b| !b.trim().is_empty()) {
+        if let Some(bootstrap) = overrides
+            .bootstrap
+            .as_ref()
+            .filter(|b| !b.trim().is_empty())
+        {
             config.kafka.bootstrap = bootstrap.clone();
         }
         if let Some(topic) = &overrides.topic {
@@ -218,7 +222,11 @@ impl RegistryConfig {
         if self.replication_factor < 1 {
             issue("replication_factor", "must be at least 1".into());
         }
-        if self.writer_id.as_deref().is_some_and(|w| w.trim().is_empty()) {
+        if self
+            .writer_id
+            .as_deref()
+            .is_some_and(|w| w.trim().is_empty())
+        {
             issue("writer_id", "must not be empty".into());
         }
         if self.write_timeout < Duration::from_millis(100) {
@@ -268,7 +276,8 @@ mod tests {
         let text = "compatibility: sideways\n";
         let err = RegistryConfig::parse(text, Path::new("r.yaml"), &no_env).unwrap_err();
         assert_eq!(err.issues[0].path, "compatibility", "{err}");
-        let text = "listen: nowhere\ntopic: 'bad topic'\nkafka: {properties: {transactional.id: x}}\n";
+        let text =
+            "listen: nowhere\ntopic: 'bad topic'\nkafka: {properties: {transactional.id: x}}\n";
         let config = RegistryConfig::parse(text, Path::new("r.yaml"), &no_env).expect("parses");
         let paths: Vec<String> = config.validate().into_iter().map(|i| i.path).collect();
         assert_eq!(

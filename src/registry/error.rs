@@ -47,7 +47,9 @@ pub enum RegistryError {
     BadRequest(String),
     #[error("{0}")]
     UnprocessableEntity(String),
-    #[error("unsupported content type `{0}`: send application/vnd.schemaregistry.v1+json or application/json")]
+    #[error(
+        "unsupported content type `{0}`: send application/vnd.schemaregistry.v1+json or application/json"
+    )]
     UnsupportedMediaType(String),
     #[error("the registry is still reading the schemas topic; retry when /readyz answers 200")]
     NotReady,

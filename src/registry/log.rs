@@ -72,7 +72,12 @@ pub async fn ensure_topic(config: &RegistryConfig) -> anyhow::Result<()> {
     let results = admin
         .create_topics([&topic], &options)
         .await
-        .with_context(|| format!("creating topic {} on {}", config.topic, config.kafka.bootstrap))?;
+        .with_context(|| {
+            format!(
+                "creating topic {} on {}",
+                config.topic, config.kafka.bootstrap
+            )
+        })?;
     for result in results {
         match result {
             Ok(name) => info!(topic = %name, "created the schemas topic"),
@@ -132,7 +137,11 @@ pub fn start_reader(
     let topic = config.topic.clone();
     std::thread::Builder::new()
         .name("millrace-registry-reader".into())
-        .spawn(move || read_loop(&consumer, &topic, &store, &health, &metrics, &stop, &progress))
+        .spawn(move || {
+            read_loop(
+                &consumer, &topic, &store, &health, &metrics, &stop, &progress,
+            )
+        })
         .context("starting the reader thread")
 }
 
@@ -179,29 +188,27 @@ fn read_loop(
                     update_gauges(store, metrics);
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => {
-                if !replayed {
-                    replayed = true;
-                    progress.send_modify(|p| p.replayed = true);
-                    update_gauges(store, metrics);
-                    let next = progress.borrow().next_offset;
-                    info!(
-                        %topic,
-                        records = metrics.records_read.get(),
-                        next_offset = next,
-                        elapsed = ?started.elapsed(),
-                        "replayed the schemas topic; ready"
-                    );
-                    health.set_ready();
-                }
+            Some(Err(KafkaError::PartitionEOF(_))) if !replayed => {
+                replayed = true;
+                progress.send_modify(|p| p.replayed = true);
+                update_gauges(store, metrics);
+                let next = progress.borrow().next_offset;
+                info!(
+                    %topic,
+                    records = metrics.records_read.get(),
+                    next_offset = next,
+                    elapsed = ?started.elapsed(),
+                    "replayed the schemas topic; ready"
+                );
+                health.set_ready();
             }
-            Some(Err(e)) => {
-                // librdkafka retries on its own; log at most every 10 s.
-                if last_error.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) {
-                    warn!(error = %e, %topic, "reading the schemas topic");
-                    last_error = Some(Instant::now());
-                }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            // librdkafka retries on its own; log at most every 10 s.
+            Some(Err(e)) if last_error.is_none_or(|at| at.elapsed() > Duration::from_secs(10)) => {
+                warn!(error = %e, %topic, "reading the schemas topic");
+                last_error = Some(Instant::now());
             }
+            Some(Err(_)) => {}
         }
     }
     health.set_not_ready("stopping");
@@ -240,7 +247,10 @@ impl Deliveries {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take(),
-            self.failure.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            self.failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
         )
     }
 }
@@ -284,7 +294,13 @@ impl Writer {
             // An instance that dies mid-write blocks read_committed readers
             // of the topic until its transaction times out or the next
             // writer fences it: keep that short.
-            .set("transaction.timeout.ms", "10000");
+            .set("transaction.timeout.ms", "10000")
+            // Taking the role right after another instance committed meets
+            // CONCURRENT_TRANSACTIONS while the coordinator finishes that
+            // commit; librdkafka retries, by default after 100 ms growing
+            // to 1 s. Writes are small and rare: retry sooner.
+            .set("retry.backoff.ms", "20")
+            .set("retry.backoff.max.ms", "250");
         Writer {
             client,
             topic: config.topic.clone(),

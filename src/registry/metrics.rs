@@ -64,7 +64,9 @@ impl RegistryMetrics {
                 "millrace_registry_write_seconds",
                 "Time to commit a write and read it back",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         ));
         let writer_epochs = must(IntCounter::new(
             "millrace_registry_writer_epochs_total",

@@ -191,9 +191,11 @@ impl Record {
                             serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
                         match raw.compatibility_level {
                             None => None,
-                            Some(text) => Some(CompatibilityLevel::parse(&text).ok_or_else(
-                                || bad(format!("unknown compatibilityLevel `{text}`")),
-                            )?),
+                            Some(text) => {
+                                Some(CompatibilityLevel::parse(&text).ok_or_else(|| {
+                                    bad(format!("unknown compatibilityLevel `{text}`"))
+                                })?)
+                            }
                         }
                     }
                 };
@@ -297,9 +299,11 @@ impl Record {
             ),
             Record::Noop { max_id } => (
                 br#"{"keytype":"NOOP","magic":0}"#.to_vec(),
-                max_id.map(|max_id| to_json(&NoopValue {
-                    max_id: Some(max_id),
-                })),
+                max_id.map(|max_id| {
+                    to_json(&NoopValue {
+                        max_id: Some(max_id),
+                    })
+                }),
             ),
             Record::Ignored { keytype } => (
                 format!(r#"{{"keytype":{},"magic":0}}"#, json_string(keytype)).into_bytes(),
@@ -371,7 +375,10 @@ mod tests {
             version: 2,
         }
         .encode();
-        assert_eq!(key, br#"{"keytype":"DELETE_SUBJECT","subject":"s","magic":0}"#);
+        assert_eq!(
+            key,
+            br#"{"keytype":"DELETE_SUBJECT","subject":"s","magic":0}"#
+        );
         assert_eq!(val.unwrap(), br#"{"subject":"s","version":2}"#);
         let (key, val) = Record::Noop { max_id: Some(9) }.encode();
         assert_eq!(key, br#"{"keytype":"NOOP","magic":0}"#);
@@ -410,7 +417,9 @@ mod tests {
                 subject: "a".into(),
                 version: 3,
             },
-            Record::ClearSubject { subject: "a".into() },
+            Record::ClearSubject {
+                subject: "a".into(),
+            },
             Record::Noop { max_id: Some(12) },
             Record::Noop { max_id: None },
         ] {
@@ -443,7 +452,9 @@ mod tests {
         // Confluent: md5, metadata, ruleSet) and no `deleted` field.
         let r = Record::decode(
             Some(br#"{"subject":"s","magic":0,"keytype":"SCHEMA","version":2}"#),
-            Some(br#"{"subject":"s","version":2,"id":5,"md5":"x","schema":"\"int\"","metadata":{}}"#),
+            Some(
+                br#"{"subject":"s","version":2,"id":5,"md5":"x","schema":"\"int\"","metadata":{}}"#,
+            ),
         )
         .unwrap();
         let Record::Schema {
@@ -481,7 +492,10 @@ mod tests {
             Err(RecordError::BadKey(_))
         ));
         assert!(matches!(
-            Record::decode(Some(br#"{"keytype":"SCHEMA","subject":"s","magic":1}"#), None),
+            Record::decode(
+                Some(br#"{"keytype":"SCHEMA","subject":"s","magic":1}"#),
+                None
+            ),
             Err(RecordError::BadKey(_))
         ));
         assert!(matches!(

@@ -27,7 +27,10 @@ impl ParsedAvro {
     /// references (directly or not), each a named type.
     pub fn parse(text: &str, referenced: &[String]) -> Result<ParsedAvro, String> {
         let (root, others) = if referenced.is_empty() {
-            (Schema::parse_str(text).map_err(|e| e.to_string())?, Vec::new())
+            (
+                Schema::parse_str(text).map_err(|e| e.to_string())?,
+                Vec::new(),
+            )
         } else {
             Schema::parse_str_with_list(text, referenced).map_err(|e| e.to_string())?
         };

@@ -157,7 +157,10 @@ impl Registry {
 
     /// Reads a consistent state: refused until the topic is replayed, so a
     /// restarting instance never answers from half a history.
-    fn read<T>(&self, f: impl FnOnce(&Store) -> Result<T, RegistryError>) -> Result<T, RegistryError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
         if !self.progress.borrow().replayed {
             return Err(RegistryError::NotReady);
         }
@@ -199,10 +202,18 @@ impl Registry {
         spec: VersionSpec,
         deleted: bool,
     ) -> Result<SubjectVersion, RegistryError> {
-        self.read(|store| store.version(subject, spec, deleted).map(|f| subject_version(&f)))
+        self.read(|store| {
+            store
+                .version(subject, spec, deleted)
+                .map(|f| subject_version(&f))
+        })
     }
 
-    pub fn referenced_by(&self, subject: &str, spec: VersionSpec) -> Result<Vec<u32>, RegistryError> {
+    pub fn referenced_by(
+        &self,
+        subject: &str,
+        spec: VersionSpec,
+    ) -> Result<Vec<u32>, RegistryError> {
         self.read(|store| {
             let found = store.version(subject, spec, false)?;
             Ok(store.referenced_by(subject, found.version))
@@ -263,7 +274,9 @@ impl Registry {
         self.read(|store| match store.subject_level(subject) {
             Some(level) => Ok(level),
             None if default_to_global => Ok(store.global_level()),
-            None => Err(RegistryError::SubjectLevelNotConfigured(subject.to_string())),
+            None => Err(RegistryError::SubjectLevelNotConfigured(
+                subject.to_string(),
+            )),
         })
     }
 
@@ -333,7 +346,8 @@ impl Registry {
         }
         let candidate = self.read(|store| prepare(store, request, normalize))?;
         // Registered already: no write, no writer role needed.
-        if let Ok(id) = self.read(|store| Ok(store.lookup(subject, &candidate.identity, false)?.id)) {
+        if let Ok(id) = self.read(|store| Ok(store.lookup(subject, &candidate.identity, false)?.id))
+        {
             return Ok(id);
         }
         let id = self
@@ -456,10 +470,16 @@ impl Registry {
                 })
             })?;
             if permanent && !entry.deleted {
-                return Err(RegistryError::VersionNotSoftDeleted(subject.to_string(), version));
+                return Err(RegistryError::VersionNotSoftDeleted(
+                    subject.to_string(),
+                    version,
+                ));
             }
             if !permanent && entry.deleted {
-                return Err(RegistryError::VersionSoftDeleted(subject.to_string(), version));
+                return Err(RegistryError::VersionSoftDeleted(
+                    subject.to_string(),
+                    version,
+                ));
             }
             refuse_if_referenced(store, subject, &[version])?;
             let value = if permanent {
@@ -610,16 +630,19 @@ impl Registry {
         &self,
         writer: OwnedMutexGuard<Writer>,
     ) -> Result<(OwnedMutexGuard<Writer>, Result<(), WriteError>), RegistryError> {
+        let started = Instant::now();
         let (mut writer, acquired) = blocking(writer, Writer::acquire).await?;
         if let Err(e) = acquired {
             return Ok((writer, Err(e)));
         }
         self.metrics.writer_epochs.inc();
-        info!("took the writer role");
+        let acquired_in = started.elapsed();
         let mut mark = self.store().max_id();
         loop {
-            let (w, synced) =
-                blocking(writer, move |w| w.commit(&[Record::Noop { max_id: Some(mark) }])).await?;
+            let (w, synced) = blocking(writer, move |w| {
+                w.commit(&[Record::Noop { max_id: Some(mark) }])
+            })
+            .await?;
             writer = w;
             match synced {
                 Ok(offset) => self.wait_applied(offset).await?,
@@ -627,6 +650,7 @@ impl Registry {
             }
             let max = self.store().max_id();
             if max <= mark {
+                info!(?acquired_in, caught_up_in = ?started.elapsed(), "took the writer role");
                 return Ok((writer, Ok(())));
             }
             mark = max;
@@ -684,8 +708,7 @@ fn prepare(
         )));
     }
     let references = request.references.clone().unwrap_or_default();
-    let referenced =
-        referenced_texts(store, &references).map_err(RegistryError::InvalidSchema)?;
+    let referenced = referenced_texts(store, &references).map_err(RegistryError::InvalidSchema)?;
     let parsed = ParsedAvro::parse(&request.schema, &referenced)
         .map_err(|e| RegistryError::InvalidSchema(format!("Invalid AVRO schema: {e}")))?;
     let text = if normalize {
@@ -792,10 +815,17 @@ fn check_against(
 }
 
 /// Refuses to delete versions other schemas reference.
-fn refuse_if_referenced(store: &Store, subject: &str, versions: &[u32]) -> Result<(), RegistryError> {
+fn refuse_if_referenced(
+    store: &Store,
+    subject: &str,
+    versions: &[u32],
+) -> Result<(), RegistryError> {
     for version in versions {
         if !store.referenced_by(subject, *version).is_empty() {
-            return Err(RegistryError::ReferenceExists(subject.to_string(), *version));
+            return Err(RegistryError::ReferenceExists(
+                subject.to_string(),
+                *version,
+            ));
         }
     }
     Ok(())

@@ -401,13 +401,7 @@ impl Store {
                         .is_some_and(|s| s.identity == identity)
             })
         };
-        let hit = matches(false).or_else(|| {
-            if include_deleted {
-                matches(true)
-            } else {
-                None
-            }
-        });
+        let hit = matches(false).or_else(|| if include_deleted { matches(true) } else { None });
         match hit {
             Some((version, entry)) => self.found(name, *version, *entry),
             None => Err(RegistryError::SchemaNotInSubject),
@@ -538,12 +532,23 @@ mod tests {
         assert_eq!(store.versions("s", false, false), Ok(vec![2]));
         assert_eq!(store.versions("s", true, false), Ok(vec![1, 2]));
         assert_eq!(store.versions("s", false, true), Ok(vec![1]));
-        assert_eq!(store.version("s", VersionSpec::Latest, false).unwrap().version, 2);
+        assert_eq!(
+            store
+                .version("s", VersionSpec::Latest, false)
+                .unwrap()
+                .version,
+            2
+        );
         assert!(matches!(
             store.version("s", VersionSpec::Number(1), false),
             Err(RegistryError::VersionNotFound(_))
         ));
-        assert!(store.version("s", VersionSpec::Number(1), true).unwrap().deleted);
+        assert!(
+            store
+                .version("s", VersionSpec::Number(1), true)
+                .unwrap()
+                .deleted
+        );
         // A soft-deleted version keeps its schema reachable by id.
         assert!(store.schema(1).is_some());
         // Soft-delete the rest: the subject disappears from listings.
