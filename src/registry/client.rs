@@ -416,6 +416,114 @@ mod tests {
         );
     }
 
+    /// Answers one HTTP request with `status` and `body`; returns the URL
+    /// and the request as received (head and body).
+    fn answer_once(
+        status: &'static str,
+        body: &'static str,
+    ) -> (String, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let url = format!("http://{}", listener.local_addr().expect("an address"));
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().expect("a connection");
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).expect("a header line");
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().expect("a length");
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut request_body = vec![0; length];
+            reader.read_exact(&mut request_body).expect("the body");
+            let mut stream = reader.into_inner();
+            write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/vnd.schemaregistry.v1+json\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .expect("the answer");
+            head + &String::from_utf8_lossy(&request_body)
+        });
+        (url, handle)
+    }
+
+    #[test]
+    fn sends_basic_auth_and_confluent_headers_and_reads_error_bodies() {
+        let (url, request) = answer_once(
+            "409 Conflict",
+            r#"{"error_code":409,"message":"Schema being registered is incompatible"}"#,
+        );
+        let client = RegistryClient::new(
+            &url,
+            Some(BasicAuth {
+                user: "ci".into(),
+                password: "s3cret".into(),
+            }),
+        )
+        .expect("valid");
+        let err = client
+            .register("a/b", &NewSchema::avro(r#""int""#))
+            .expect_err("409");
+        assert_eq!(err.code(), Some(409));
+        assert!(err.to_string().contains("incompatible"), "{err}");
+        let request = request.join().expect("the server thread");
+        let lower = request.to_ascii_lowercase();
+        assert!(
+            request.starts_with("POST /subjects/a%2Fb/versions HTTP/1.1"),
+            "{request}"
+        );
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode("ci:s3cret");
+        assert!(
+            lower.contains(&format!(
+                "authorization: basic {}",
+                token.to_ascii_lowercase()
+            )),
+            "{request}"
+        );
+        assert!(
+            lower.contains("content-type: application/vnd.schemaregistry.v1+json"),
+            "{request}"
+        );
+        assert!(
+            request.ends_with(r#"{"schema":"\"int\"","schemaType":"AVRO"}"#),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn a_lookup_of_an_unknown_schema_is_none() {
+        let (url, request) = answer_once(
+            "404 Not Found",
+            r#"{"error_code":40403,"message":"Schema not found"}"#,
+        );
+        let client = RegistryClient::new(&url, None).expect("valid");
+        assert_eq!(
+            client
+                .lookup("s", &NewSchema::avro(r#""int""#))
+                .expect("answered"),
+            None
+        );
+        let request = request.join().expect("the server thread");
+        assert!(
+            request.starts_with("POST /subjects/s HTTP/1.1"),
+            "{request}"
+        );
+        assert!(
+            !request.to_ascii_lowercase().contains("authorization:"),
+            "{request}"
+        );
+    }
+
     #[test]
     fn bad_urls_are_refused() {
         assert!(RegistryClient::new("registry:8081", None).is_err());

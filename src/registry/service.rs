@@ -568,6 +568,11 @@ impl Registry {
         let mut writer = self.writer.clone().lock_owned().await;
         let mut last_error = String::new();
         for attempt in 1..=WRITE_ATTEMPTS {
+            // Each Kafka call is bounded by write_timeout; so is the whole
+            // write, give or take the attempt under way.
+            if attempt > 1 && started.elapsed() >= self.write_timeout {
+                break;
+            }
             if attempt > 1 {
                 self.metrics.writes.with_label_values(&["retried"]).inc();
                 // Random backoff: two instances that keep taking the role
@@ -617,7 +622,8 @@ impl Registry {
         }
         self.metrics.writes.with_label_values(&["failed"]).inc();
         Err(RegistryError::Store(format!(
-            "cannot write to the schemas topic after {WRITE_ATTEMPTS} attempts: {last_error}"
+            "cannot write to the schemas topic (gave up after {:?}): {last_error}",
+            started.elapsed()
         )))
     }
 
