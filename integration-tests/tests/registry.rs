@@ -869,6 +869,49 @@ fn schemas_register_and_check_work_through_the_cli() -> anyhow::Result<()> {
 }
 
 #[test]
+fn without_kafka_the_registry_waits_not_ready_and_stops_cleanly() -> anyhow::Result<()> {
+    let port = millrace_integration_tests::free_port();
+    let mut child = Command::new(millrace_integration_tests::millrace_bin())
+        .args(["registry", "--listen", &format!("127.0.0.1:{port}")])
+        // Nothing listens on port 1.
+        .args(["--bootstrap", "127.0.0.1:1", "--topic", "_schemas"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str| -> anyhow::Result<(u16, String)> {
+        let response = client
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .timeout(Duration::from_secs(5))
+            .send()?;
+        Ok((response.status().as_u16(), response.text()?))
+    };
+    eventually("the endpoint answers", || Ok(get("/healthz").is_ok()))?;
+    assert_eq!(get("/healthz")?.0, 200, "alive while waiting");
+    let (status, why) = get("/readyz")?;
+    assert_eq!(status, 503);
+    assert!(why.contains("127.0.0.1:1"), "{why}");
+    let (status, body) = get("/subjects")?;
+    assert_eq!(status, 503);
+    assert_eq!(serde_json::from_str::<Value>(&body)?["error_code"], 503);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            anyhow::bail!("no exit within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+    Ok(())
+}
+
+#[test]
 fn confluent_python_client_works_against_the_registry() -> anyhow::Result<()> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
     let present = Command::new(&python)

@@ -150,7 +150,7 @@ impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::warn!(error = %self, "request failed");
         }
         reply(

@@ -51,7 +51,7 @@ pub enum RegistryError {
         "unsupported content type `{0}`: send application/vnd.schemaregistry.v1+json or application/json"
     )]
     UnsupportedMediaType(String),
-    #[error("the registry is still reading the schemas topic; retry when /readyz answers 200")]
+    #[error("the registry has not read the schemas topic yet; retry when /readyz answers 200")]
     NotReady,
     #[error("Error in the backend data store: {0}")]
     Store(String),

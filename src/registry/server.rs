@@ -63,6 +63,10 @@ pub async fn serve(config: RegistryConfig) -> anyhow::Result<()> {
 
     // Reach Kafka and the topic, retrying: a registry started before its
     // broker waits for it instead of exiting.
+    health.set_not_ready(format!(
+        "reaching topic {} on {}",
+        config.topic, config.kafka.bootstrap
+    ));
     loop {
         health.turn();
         tokio::select! {
