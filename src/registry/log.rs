@@ -45,6 +45,9 @@ pub struct Progress {
     pub next_offset: i64,
     /// Whether the reader has reached the end of the topic once.
     pub replayed: bool,
+    /// When the last record arrived: a writer is at work while records
+    /// keep arriving.
+    pub last_record_at: Option<Instant>,
 }
 
 fn base(config: &RegistryConfig) -> ClientConfig {
@@ -183,7 +186,10 @@ fn read_loop(
                         warn!(offset, error = %e, "skipped an undecodable record of the schemas topic");
                     }
                 }
-                progress.send_modify(|p| p.next_offset = offset + 1);
+                progress.send_modify(|p| {
+                    p.next_offset = offset + 1;
+                    p.last_record_at = Some(Instant::now());
+                });
                 if replayed {
                     update_gauges(store, metrics);
                 }

@@ -35,6 +35,16 @@ use super::store::{Found, SchemaEntry, Store, VersionSpec};
 /// role or an aborted transaction).
 const WRITE_ATTEMPTS: u32 = 6;
 
+/// Before taking the writer role, wait until no record has arrived for
+/// this long: another instance that holds the role is then done with its
+/// write, and taking the role does not make that write fail and start
+/// over (two instances taking the role back and forth would otherwise
+/// starve each other).
+const QUIET: Duration = Duration::from_millis(250);
+
+/// The longest wait for quiet: a busy writer yields the role after this.
+const QUIET_MAX: Duration = Duration::from_secs(2);
+
 /// How deep references may nest.
 const MAX_REFERENCE_DEPTH: usize = 32;
 
@@ -575,13 +585,13 @@ impl Registry {
             }
             if attempt > 1 {
                 self.metrics.writes.with_label_values(&["retried"]).inc();
-                // Random backoff: two instances that keep taking the role
-                // from each other fall out of step.
-                let ceiling = 100 * u64::from(attempt);
-                let pause = rand::random_range(ceiling / 4..=ceiling);
+                // A little randomness keeps two instances that retry at
+                // the same moment from meeting again.
+                let pause = rand::random_range(10..=50 * u64::from(attempt));
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
             if !writer.has_role() {
+                self.wait_for_quiet().await;
                 let (w, outcome) = self.take_role(writer).await?;
                 writer = w;
                 if let Err(e) = outcome {
@@ -660,6 +670,24 @@ impl Registry {
                 return Ok((writer, Ok(())));
             }
             mark = max;
+        }
+    }
+
+    /// Waits until no record has arrived for [`QUIET`], at most
+    /// [`QUIET_MAX`].
+    async fn wait_for_quiet(&self) {
+        let deadline = Instant::now() + QUIET_MAX;
+        loop {
+            let since = self
+                .progress
+                .borrow()
+                .last_record_at
+                .map_or(QUIET, |at| at.elapsed());
+            let now = Instant::now();
+            if since >= QUIET || now >= deadline {
+                return;
+            }
+            tokio::time::sleep((QUIET - since).min(deadline - now)).await;
         }
     }
 
