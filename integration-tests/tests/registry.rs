@@ -487,6 +487,54 @@ fn soft_and_permanent_deletes_behave_like_confluent() -> anyhow::Result<()> {
 }
 
 #[test]
+fn schemas_reference_named_types_of_other_subjects() -> anyhow::Result<()> {
+    let registry = Registry::start(&unique("schemas-references"))?;
+    let address_subject = unique("address");
+    let person_subject = unique("person");
+    let address = r#"{"type":"record","name":"Address","namespace":"acme","fields":[{"name":"city","type":"string"}]}"#;
+    let person = r#"{"type":"record","name":"Person","namespace":"acme","fields":[{"name":"home","type":"acme.Address"}]}"#;
+    registry.register(&address_subject, address)?;
+    // Without the reference the type is unknown.
+    assert_error(
+        registry.post(
+            &format!("/subjects/{person_subject}/versions"),
+            &schema_body(person),
+        )?,
+        422,
+        42201,
+    );
+    let references = json!([{"name": "acme.Address", "subject": address_subject, "version": 1}]);
+    let (status, body) = registry.post(
+        &format!("/subjects/{person_subject}/versions"),
+        &json!({"schema": person, "references": references}),
+    )?;
+    assert_eq!(status, 200, "{body}");
+    let person_id = body["id"].clone();
+    let (_, version) = registry.get(&format!("/subjects/{person_subject}/versions/1"))?;
+    assert_eq!(version["references"], references);
+    let (_, by_id) = registry.get(&format!("/schemas/ids/{person_id}"))?;
+    assert_eq!(by_id["references"], references);
+    let (_, referrers) = registry.get(&format!(
+        "/subjects/{address_subject}/versions/1/referencedby"
+    ))?;
+    assert_eq!(referrers, json!([person_id]));
+    // A referenced version cannot be deleted.
+    assert_error(
+        registry.delete(&format!("/subjects/{address_subject}/versions/1"))?,
+        422,
+        42206,
+    );
+    // Evolution is checked through the reference too.
+    let person_v2 = r#"{"type":"record","name":"Person","namespace":"acme","fields":[{"name":"home","type":"acme.Address"},{"name":"age","type":"int","default":0}]}"#;
+    let (status, body) = registry.post(
+        &format!("/subjects/{person_subject}/versions"),
+        &json!({"schema": person_v2, "references": references}),
+    )?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}
+
+#[test]
 fn errors_carry_confluent_codes_and_content_types_are_negotiated() -> anyhow::Result<()> {
     let registry = Registry::start(&unique("schemas-errors"))?;
     let s = unique("errors");
