@@ -9,6 +9,8 @@
 //! - [`runtime`]: the Kafka side — the processing loop, the transaction that
 //!   commits outputs and offsets together, rebalance handling.
 //! - [`ops`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`registry`]: `millrace registry`, a Confluent-compatible schema
+//!   registry, and the client `millrace schemas` uses.
 
 pub mod admin;
 pub mod cli;
@@ -19,6 +21,7 @@ pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
+pub mod registry;
 pub mod reset;
 pub mod runtime;
 pub mod state;
