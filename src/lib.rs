@@ -26,3 +26,4 @@ pub mod reset;
 pub mod runtime;
 pub mod state;
 pub mod steps;
+pub mod telemetry;

@@ -11,6 +11,7 @@ mod reduce;
 mod stale;
 mod stateful;
 mod stateless;
+mod telemetry;
 #[cfg(test)]
 mod test_util;
 mod window;
@@ -21,6 +22,7 @@ pub use join::Join;
 pub use reduce::Reduce;
 pub use stale::Stale;
 pub use stateless::{Filter, Map, Project, Rekey, Route, Set};
+pub use telemetry::{Rpeaks, Threshold};
 pub use window::Window;
 
 use serde_json::Value as Json;
@@ -167,6 +169,8 @@ pub fn build(step: &StepConfig, index: usize) -> Result<Box<dyn Operator>, Strin
         StepConfig::Reduce(r) => Box::new(Reduce::new(r, index)?),
         StepConfig::Join(j) => Box::new(Join::new(j)?),
         StepConfig::Stale(c) => Box::new(Stale::new(c, index)?),
+        StepConfig::Rpeaks(c) => Box::new(Rpeaks::new(c, index)?),
+        StepConfig::Threshold(c) => Box::new(Threshold::new(c, index)?),
     })
 }
 
