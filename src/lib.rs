@@ -9,12 +9,15 @@
 //! - [`runtime`]: the Kafka side — the processing loop, the transaction that
 //!   commits outputs and offsets together, rebalance handling.
 //! - [`ops`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`gateway`]: `millrace gateway`, Kafka topics to SSE and WebSocket
+//!   subscribers with exact resume.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod expr;
 pub mod format;
+pub mod gateway;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use validate::validate;
+pub(crate) use validate::{check_name, check_topic};
 
 /// Environment variable that overrides `kafka.bootstrap`.
 pub const ENV_BOOTSTRAP: &str = "MILLRACE_BOOTSTRAP";
@@ -722,7 +723,7 @@ fn write_issue(f: &mut fmt::Formatter<'_>, file: &str, issue: &ConfigIssue) -> f
 }
 
 impl ConfigError {
-    fn single(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn single(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             issues: vec![ConfigIssue {
@@ -818,7 +819,7 @@ fn apply_env(
 
 /// Replaces `${NAME}` with the variable's value; `$${` escapes a literal `${`.
 /// Returns the name of the first unset variable as the error.
-fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(crate) fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
