@@ -200,6 +200,11 @@ impl TxWriter {
 /// A gateway file for tests: `topics` is YAML list items, `extra` more
 /// top-level sections. Listens on `{ops_port}` with HS256 [`SECRET`].
 pub fn gateway_yaml(topics: &str, extra: &str) -> String {
+    gateway_yaml_http(topics, "", extra)
+}
+
+/// [`gateway_yaml`] with more `http:` settings (indented two spaces).
+pub fn gateway_yaml_http(topics: &str, http: &str, extra: &str) -> String {
     format!(
         r#"
 gateway: it
@@ -207,6 +212,7 @@ topics:
 {topics}
 http:
   listen: "127.0.0.1:{{ops_port}}"
+{http}
 auth:
   mode: jwt
   hs256_secret: "{SECRET}"

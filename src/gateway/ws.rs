@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
@@ -33,6 +33,7 @@ use super::Gateway;
 use super::listener::ClientAddr;
 use super::outbox::{CloseReason, Out};
 use super::query::WireFormat;
+use super::request::ApiError;
 use super::session::{Session, Transport};
 
 /// Largest message accepted from a client (they only answer pings).
@@ -46,6 +47,20 @@ pub async fn subscribe(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    // Browsers attach cookies to cross-site WebSocket handshakes and CORS
+    // does not apply to them: check the origin here, against the same list.
+    let allowed = &gateway.config.http.cors.allowed_origins;
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok())
+        && !allowed.is_empty()
+        && !allowed.iter().any(|a| a == "*" || a == origin)
+    {
+        return gateway
+            .rejected(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("origin `{origin}` is not in http.cors.allowed_origins"),
+            ))
+            .into_response();
+    }
     let session = match Session::open(
         &gateway,
         &topic,
