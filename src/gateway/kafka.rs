@@ -36,7 +36,14 @@ pub fn consumer_config(config: &GatewayConfig, role: &str) -> ClientConfig {
         .set("enable.partition.eof", "true")
         // A position whose records were deleted by retention continues at
         // the oldest record left.
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // librdkafka prefetches up to 64 MiB per client by default; with a
+        // history reader per catching-up subscriber that adds up, so bound
+        // it (properties may override).
+        .set(
+            "queued.max.messages.kbytes",
+            if role == "history" { "4096" } else { "32768" },
+        );
     for (name, value) in &config.kafka.properties {
         client.set(name, value);
     }
