@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use millrace_integration_tests::gateway::{
     SECRET, Sse, TxWriter, gateway_yaml, hs256, now_secs, rs256, token_for,
 };
@@ -139,7 +139,10 @@ fn sse_resume_is_exact_across_random_disconnects() -> anyhow::Result<()> {
     let mut received: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     let mut last_id: Option<String> = None;
     let mut rng = rand::rng();
-    let mut read = |sse: &mut Sse, want: usize, last_id: &mut Option<String>| {
+    let read = |sse: &mut Sse,
+                want: usize,
+                last_id: &mut Option<String>,
+                received: &mut BTreeMap<i32, Vec<i64>>| {
         rt.block_on(async {
             let mut got = 0;
             while got < want {
@@ -173,7 +176,7 @@ fn sse_resume_is_exact_across_random_disconnects() -> anyhow::Result<()> {
             .block_on(Sse::open(&sse_url, &headers))?
             .map_err(|(s, b)| anyhow::anyhow!("{s}: {b}"))?;
         let want = rng.random_range(1..=250);
-        read(&mut sse, want, &mut last_id)?;
+        read(&mut sse, want, &mut last_id, &mut received)?;
         drop(sse);
         rounds += 1;
         std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
@@ -193,7 +196,7 @@ fn sse_resume_is_exact_across_random_disconnects() -> anyhow::Result<()> {
         .map_err(|(s, b)| anyhow::anyhow!("{s}: {b}"))?;
     let have: usize = received.values().map(Vec::len).sum();
     assert!(have <= total, "received {have} > committed {total}: a repeat");
-    read(&mut sse, total - have, &mut last_id)?;
+    read(&mut sse, total - have, &mut last_id, &mut received)?;
     assert_exact(&received, &expected);
     gw.stop_cleanly()
 }
@@ -459,7 +462,7 @@ fn slow_subscribers_meet_their_policy_while_a_fast_one_keeps_its_latency() -> an
     rt.block_on(create_topics(&[(&topic, 2)]))?;
     let mut gw = Millrace::start_gateway(&gateway_yaml(
         &format!("  - topic: {topic}"),
-        "subscribers: {buffer_events: 200, buffer_bytes: 524288, write_timeout: 4s, heartbeat: 1s, pong_timeout: 3s}",
+        "subscribers: {buffer_events: 2000, buffer_bytes: 4194304, write_timeout: 4s, heartbeat: 1s, pong_timeout: 3s}",
     ))?;
     gw.wait_ready(Duration::from_secs(60))?;
     let pid = gw.pid().expect("running");
@@ -469,16 +472,29 @@ fn slow_subscribers_meet_their_policy_while_a_fast_one_keeps_its_latency() -> an
     // Never reads: the disconnect policy, then the write timeout, end it.
     let stuck = slow_reader(gw.ops_port, path("disconnect"), token.clone(), 0, stop.clone());
     // Reads 1 MB/s, far below the write rate.
-    let skipper = slow_reader(gw.ops_port, path("skip"), token.clone(), 1 << 20, stop.clone());
-    let conflater = slow_reader(gw.ops_port, path("conflate"), token.clone(), 1 << 20, stop.clone());
+    let skipper = slow_reader(gw.ops_port, path("skip"), token.clone(), 2 << 20, stop.clone());
+    let conflater = slow_reader(gw.ops_port, path("conflate"), token.clone(), 2 << 20, stop.clone());
     std::thread::sleep(Duration::from_secs(1));
     let rss_before = rss_kib(pid);
 
-    // A fast subscriber measures its latency (write time to receipt).
+    // A fast subscriber measures its latency (write time to receipt). Like
+    // any client it reconnects with its last position if it is ever
+    // disconnected, and must then still see every record exactly once.
     let bearer = format!("Bearer {token}");
-    let mut fast = rt
-        .block_on(Sse::open(&url(&gw, &path("disconnect")), &[("authorization", bearer.as_str())]))?
-        .map_err(|(s, b)| anyhow::anyhow!("{s}: {b}"))?;
+    let fast_url = url(&gw, &path("disconnect"));
+    let open_fast = |last: Option<String>| {
+        let (fast_url, bearer) = (fast_url.clone(), bearer.clone());
+        async move {
+            let mut headers = vec![("authorization", bearer.as_str())];
+            if let Some(id) = &last {
+                headers.push(("last-event-id", id.as_str()));
+            }
+            Sse::open(&fast_url, &headers)
+                .await?
+                .map_err(|(s, b)| anyhow::anyhow!("{s}: {b}"))
+        }
+    };
+    let mut fast = rt.block_on(open_fast(None))?;
     let padding = "x".repeat(2000);
     const RECORDS: u64 = 24_000;
     let writer_topic = topic.clone();
@@ -493,23 +509,32 @@ fn slow_subscribers_meet_their_policy_while_a_fast_one_keeps_its_latency() -> an
                 })
                 .collect();
             writer.write(&writer_topic, &records, true)?;
-            std::thread::sleep(Duration::from_millis(40));
+            std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
     });
-    let latencies = rt.block_on(async {
+    let (latencies, reconnects) = rt.block_on(async {
         let mut latencies = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut last: Option<String> = None;
+        let mut reconnects = 0;
         while latencies.len() < RECORDS as usize {
-            let event = fast
-                .next(Duration::from_secs(30))
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("the fast subscriber's stream ended"))?;
-            if event.event == "message" {
-                let (_, _, v) = parse_record(&event.data);
-                latencies.push(now_ms() - v["sent_ms"].as_i64().unwrap_or(0));
+            let event = fast.next(Duration::from_secs(30)).await?;
+            match event {
+                Some(e) if e.event == "message" => {
+                    let (_, _, v) = parse_record(&e.data);
+                    assert!(seen.insert(v["seq"].as_u64().unwrap_or(u64::MAX)), "repeat");
+                    latencies.push(now_ms() - v["sent_ms"].as_i64().unwrap_or(0));
+                    last = e.id;
+                }
+                Some(e) if e.event != "disconnect" => last = e.id.or(last),
+                _ => {
+                    reconnects += 1;
+                    fast = open_fast(last.clone()).await?;
+                }
             }
         }
-        anyhow::Ok(latencies)
+        anyhow::Ok((latencies, reconnects))
     })?;
     writer.join().expect("writer")?;
     let rss_peak = rss_kib(pid);
@@ -518,7 +543,8 @@ fn slow_subscribers_meet_their_policy_while_a_fast_one_keeps_its_latency() -> an
     let p50 = sorted[sorted.len() / 2];
     let p99 = sorted[sorted.len() * 99 / 100];
     progress(&format!(
-        "fast subscriber latency p50 {p50} ms, p99 {p99} ms; RSS {rss_before} -> {rss_peak} KiB"
+        "fast subscriber latency p50 {p50} ms, p99 {p99} ms ({reconnects} reconnects); \
+         RSS {rss_before} -> {rss_peak} KiB"
     ));
     assert!(p99 < 3_000, "the fast subscriber slowed down: p99 {p99} ms");
     // 48 MB went to four subscribers; three could not keep up. Bounded
@@ -540,7 +566,7 @@ fn slow_subscribers_meet_their_policy_while_a_fast_one_keeps_its_latency() -> an
     // The skipping and conflating readers drain what reached them: the
     // skipper is told what it missed, the conflater ends with the newest
     // value of every key.
-    std::thread::sleep(Duration::from_secs(12));
+    std::thread::sleep(Duration::from_secs(15));
     stop.store(true, Ordering::Relaxed);
     let _ = stuck.join().expect("stuck reader");
     let skipped = String::from_utf8_lossy(&skipper.join().expect("skipper")?).into_owned();

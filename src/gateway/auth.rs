@@ -215,7 +215,7 @@ impl Authenticator {
                         }
                         // Another key may verify it; any other failure
                         // (expiry, claims) is the token's, whatever the key.
-                        Err(e) if *e.kind() == ErrorKind::InvalidSignature => last = Some(e),
+                        Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => last = Some(e),
                         Err(e) => {
                             found = Some(Err(e));
                             break;

@@ -97,7 +97,12 @@ impl HistoryReader {
                     return Ok(Read::Record(Arc::new(record)));
                 }
                 Err(KafkaError::PartitionEOF(p)) => {
-                    if let Some(at) = kafka::position_of(&self.consumer, &self.topic, p) {
+                    if let Some(at) = self
+                        .consumer
+                        .position()
+                        .ok()
+                        .and_then(|l| kafka::position_in(&l, &self.topic, p))
+                    {
                         self.read_to.raise(p, at);
                     }
                     return Ok(Read::End(p));

@@ -125,15 +125,9 @@ impl Meta {
 
 /// A consumer's application position in one partition (past the last
 /// record returned and past transaction markers handled after it), if it
-/// has one.
-pub fn position_of<C: Consumer<X>, X: rdkafka::consumer::ConsumerContext>(
-    consumer: &C,
-    topic: &str,
-    partition: i32,
-) -> Option<i64> {
-    let positions = consumer.position().ok()?;
-    let element = positions.find_partition(topic, partition)?;
-    match element.offset() {
+/// has one. `positions` is what `Consumer::position` returned.
+pub fn position_in(positions: &TopicPartitionList, topic: &str, partition: i32) -> Option<i64> {
+    match positions.find_partition(topic, partition)?.offset() {
         Offset::Offset(o) => Some(o),
         _ => None,
     }

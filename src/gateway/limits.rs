@@ -8,19 +8,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Counts subscribers in total and per token subject.
+#[derive(Debug)]
 pub struct SubscriberLimits {
     max_total: usize,
     max_per_subject: usize,
     counts: Mutex<Counts>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Counts {
     total: usize,
     per_subject: HashMap<String, usize>,
 }
 
 /// A subscriber's place; given back when dropped.
+#[derive(Debug)]
 pub struct SubscriberPermit {
     limits: Arc<SubscriberLimits>,
     subject: String,

@@ -203,6 +203,11 @@ impl Buffer {
         self.close.is_some()
     }
 
+    /// Why the subscription was closed, if it was.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close.as_ref()
+    }
+
     /// Whether `item` fits without overflowing (an empty buffer takes any
     /// record, however large).
     pub fn has_room_for(&self, item: &Item) -> bool {
@@ -394,6 +399,11 @@ impl Outbox {
 
     pub fn is_closed(&self) -> bool {
         self.lock().is_closed()
+    }
+
+    /// The label of the close reason, if the subscription was closed.
+    pub fn close_label(&self) -> Option<&'static str> {
+        self.lock().close_reason().map(CloseReason::label)
     }
 
     /// Records waiting.

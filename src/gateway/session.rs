@@ -191,9 +191,12 @@ impl Drop for Session {
             .subscribers
             .with_label_values(&[self.transport.label()])
             .dec();
-        metrics
-            .disconnects
-            .with_label_values(&[self.end_reason])
-            .inc();
+        // A subscriber closed for lagging may still be stuck writing when
+        // its connection dies: the close reason says more than "client".
+        let reason = match self.end_reason {
+            "client" => self.outbox.close_label().unwrap_or("client"),
+            other => other,
+        };
+        metrics.disconnects.with_label_values(&[reason]).inc();
     }
 }

@@ -99,7 +99,9 @@ fn events(session: Session) -> impl Stream<Item = Result<Event, Infallible>> {
             }
             let out = tokio::select! {
                 out = session.outbox.next() => out,
-                _ = shutdown.wait_for(|stopping| *stopping) => Out::Close(CloseReason::Shutdown),
+                _ = async { let _ = shutdown.wait_for(|stopping| *stopping).await; } => {
+                    Out::Close(CloseReason::Shutdown)
+                }
             };
             let (event, next) = match out {
                 Out::Record(item) => {

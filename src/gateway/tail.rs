@@ -196,7 +196,11 @@ fn run(
                 last_error = None;
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
-                if let Some(at) = kafka::position_of(&consumer, &hub.name, p) {
+                if let Some(at) = consumer
+                    .position()
+                    .ok()
+                    .and_then(|l| kafka::position_in(&l, &hub.name, p))
+                {
                     hub.raise(p, at);
                 }
             }

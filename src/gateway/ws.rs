@@ -163,7 +163,7 @@ async fn serve(socket: WebSocket, mut session: Session) {
                     }
                 }
             }
-            _ = shutdown.wait_for(|s| *s), if !stopping => {
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; }, if !stopping => {
                 stopping = true;
                 session.outbox.close(CloseReason::Shutdown);
                 Step::Continue
