@@ -122,7 +122,7 @@ mod tests {
         l.update(&rec("a", 3, Some(3)));
         l.update(&rec("c", 4, Some(4)));
         assert_eq!(offsets(&l), [3, 4]);
-        let one = rec("x", 0, Some(1)).size();
+        let one = rec("k9", 0, Some(1)).size();
         let mut small = Latest::new(100, one * 2);
         for i in 0..5 {
             small.update(&rec(&format!("k{i}"), i, Some(1)));
