@@ -32,8 +32,9 @@ pub fn hs256(claims: &serde_json::Value, secret: &str) -> String {
 
 /// An RS256 token signed with the test key in `fixtures/`.
 pub fn rs256(claims: &serde_json::Value) -> String {
-    let pem = std::fs::read(crate::repo_root().join("integration-tests/fixtures/rs256-test-private.pem"))
-        .expect("test key");
+    let pem =
+        std::fs::read(crate::repo_root().join("integration-tests/fixtures/rs256-test-private.pem"))
+            .expect("test key");
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
         claims,

@@ -98,28 +98,44 @@ fn chromium_receives_records_over_event_source_and_websocket() -> anyhow::Result
     let mut expected: BTreeMap<i32, Vec<(i64, Value)>> = BTreeMap::new();
     for m in read_committed(&topic)? {
         let v: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
-        expected.entry(m.partition()).or_default().push((m.offset(), v));
+        expected
+            .entry(m.partition())
+            .or_default()
+            .push((m.offset(), v));
     }
     for transport in ["sse", "ws"] {
         let mut got: BTreeMap<i32, Vec<(i64, Value)>> = BTreeMap::new();
         for item in results[transport].as_array().cloned().unwrap_or_default() {
-            let record = if transport == "sse" { &item["record"] } else { &item };
+            let record = if transport == "sse" {
+                &item["record"]
+            } else {
+                &item
+            };
             got.entry(record["partition"].as_i64().unwrap_or(-1) as i32)
                 .or_default()
-                .push((record["offset"].as_i64().unwrap_or(-1), record["value"].clone()));
+                .push((
+                    record["offset"].as_i64().unwrap_or(-1),
+                    record["value"].clone(),
+                ));
         }
         assert_eq!(got, expected, "{transport}: what the browser received");
     }
     // EventSource exposes each event's position as lastEventId; after the
     // last record it is the position after the last record of every
     // partition.
-    let last = results["sse"].as_array().and_then(|a| a.last()).cloned().unwrap_or_default();
+    let last = results["sse"]
+        .as_array()
+        .and_then(|a| a.last())
+        .cloned()
+        .unwrap_or_default();
     let want = expected
         .iter()
         .map(|(p, r)| format!("{p}:{}", r.last().map_or(0, |(o, _)| o + 1)))
         .collect::<Vec<_>>()
         .join(",");
     assert_eq!(last["id"].as_str(), Some(want.as_str()));
-    progress(&format!("browser received {N} records over SSE and WebSocket"));
+    progress(&format!(
+        "browser received {N} records over SSE and WebSocket"
+    ));
     gw.stop_cleanly()
 }

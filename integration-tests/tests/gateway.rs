@@ -39,7 +39,9 @@ fn committed(topic: &str) -> anyhow::Result<BTreeMap<i32, Vec<(i64, Value)>>> {
     let mut out: BTreeMap<i32, Vec<(i64, Value)>> = BTreeMap::new();
     for m in read_committed(topic)? {
         let value: Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
-        out.entry(m.partition()).or_default().push((m.offset(), value));
+        out.entry(m.partition())
+            .or_default()
+            .push((m.offset(), value));
     }
     Ok(out)
 }
@@ -80,10 +82,7 @@ fn url(gw: &Millrace, path: &str) -> String {
 
 /// The received records per partition, checked against what is committed:
 /// equal sequences mean no gap, no repeat, and order per partition.
-fn assert_exact(
-    received: &BTreeMap<i32, Vec<i64>>,
-    expected: &BTreeMap<i32, Vec<(i64, Value)>>,
-) {
+fn assert_exact(received: &BTreeMap<i32, Vec<i64>>, expected: &BTreeMap<i32, Vec<(i64, Value)>>) {
     for (p, records) in expected {
         let want: Vec<i64> = records.iter().map(|(o, _)| *o).collect();
         let got = received.get(p).cloned().unwrap_or_default();
@@ -195,15 +194,18 @@ fn sse_resume_is_exact_across_random_disconnects() -> anyhow::Result<()> {
         .block_on(Sse::open(&sse_url, &headers))?
         .map_err(|(s, b)| anyhow::anyhow!("{s}: {b}"))?;
     let have: usize = received.values().map(Vec::len).sum();
-    assert!(have <= total, "received {have} > committed {total}: a repeat");
+    assert!(
+        have <= total,
+        "received {have} > committed {total}: a repeat"
+    );
     read(&mut sse, total - have, &mut last_id, &mut received)?;
     assert_exact(&received, &expected);
     gw.stop_cleanly()
 }
 
 #[test]
-fn subscribers_in_the_past_join_one_shared_live_tail_without_gap_or_duplicate()
--> anyhow::Result<()> {
+fn subscribers_in_the_past_join_one_shared_live_tail_without_gap_or_duplicate() -> anyhow::Result<()>
+{
     let rt = runtime();
     let topic = unique("gw-handover");
     rt.block_on(create_topics(&[(&topic, 3)]))?;
@@ -235,7 +237,11 @@ fn subscribers_in_the_past_join_one_shared_live_tail_without_gap_or_duplicate()
     let streams = rt.block_on(async {
         let mut streams = Vec::new();
         for i in 0..SUBSCRIBERS {
-            let start = if i % 2 == 0 { "earliest" } else { "0:0,1:0,2:0" };
+            let start = if i % 2 == 0 {
+                "earliest"
+            } else {
+                "0:0,1:0,2:0"
+            };
             let u = url(&gw, &format!("/v1/topics/{topic}/sse?start={start}"));
             let sse = Sse::open(&u, &[("authorization", token.as_str())])
                 .await?
@@ -434,8 +440,9 @@ fn slow_reader(
             match socket.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => seen.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
                 Err(e) => return Err(e.into()),
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -470,10 +477,28 @@ fn slow_subscribers_meet_their_policy_while_a_fast_one_keeps_its_latency() -> an
     let stop = Arc::new(AtomicBool::new(false));
     let path = |policy: &str| format!("/v1/topics/{topic}/sse?start=latest&policy={policy}");
     // Never reads: the disconnect policy, then the write timeout, end it.
-    let stuck = slow_reader(gw.ops_port, path("disconnect"), token.clone(), 0, stop.clone());
+    let stuck = slow_reader(
+        gw.ops_port,
+        path("disconnect"),
+        token.clone(),
+        0,
+        stop.clone(),
+    );
     // Reads 1 MB/s, far below the write rate.
-    let skipper = slow_reader(gw.ops_port, path("skip"), token.clone(), 2 << 20, stop.clone());
-    let conflater = slow_reader(gw.ops_port, path("conflate"), token.clone(), 2 << 20, stop.clone());
+    let skipper = slow_reader(
+        gw.ops_port,
+        path("skip"),
+        token.clone(),
+        2 << 20,
+        stop.clone(),
+    );
+    let conflater = slow_reader(
+        gw.ops_port,
+        path("conflate"),
+        token.clone(),
+        2 << 20,
+        stop.clone(),
+    );
     std::thread::sleep(Duration::from_secs(1));
     let rss_before = rss_kib(pid);
 
@@ -505,7 +530,11 @@ fn slow_subscribers_meet_their_policy_while_a_fast_one_keeps_its_latency() -> an
                 .map(|i| {
                     let seq = batch * 400 + i;
                     let v = json!({"seq": seq, "sent_ms": now_ms(), "pad": padding});
-                    (format!("k{}", seq % 16), (seq % 2) as i32, v.to_string().into_bytes())
+                    (
+                        format!("k{}", seq % 16),
+                        (seq % 2) as i32,
+                        v.to_string().into_bytes(),
+                    )
                 })
                 .collect();
             writer.write(&writer_topic, &records, true)?;
@@ -560,8 +589,16 @@ fn slow_subscribers_meet_their_policy_while_a_fast_one_keeps_its_latency() -> an
         assert!(Instant::now() < deadline, "no lagged disconnect");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(gw.metric(&format!("millrace_gateway_skipped_records_total{{topic=\"{topic}\"}}"))? > 0.0);
-    assert!(gw.metric(&format!("millrace_gateway_conflated_records_total{{topic=\"{topic}\"}}"))? > 0.0);
+    assert!(
+        gw.metric(&format!(
+            "millrace_gateway_skipped_records_total{{topic=\"{topic}\"}}"
+        ))? > 0.0
+    );
+    assert!(
+        gw.metric(&format!(
+            "millrace_gateway_conflated_records_total{{topic=\"{topic}\"}}"
+        ))? > 0.0
+    );
 
     // The skipping and conflating readers drain what reached them: the
     // skipper is told what it missed, the conflater ends with the newest
@@ -570,7 +607,10 @@ fn slow_subscribers_meet_their_policy_while_a_fast_one_keeps_its_latency() -> an
     stop.store(true, Ordering::Relaxed);
     let _ = stuck.join().expect("stuck reader");
     let skipped = String::from_utf8_lossy(&skipper.join().expect("skipper")?).into_owned();
-    assert!(skipped.contains("event: lagged"), "no lagged event for the skipping subscriber");
+    assert!(
+        skipped.contains("event: lagged"),
+        "no lagged event for the skipping subscriber"
+    );
     let conflated = String::from_utf8_lossy(&conflater.join().expect("conflater")?).into_owned();
     let mut last_per_key: HashMap<u64, u64> = HashMap::new();
     for line in conflated.lines().filter_map(|l| l.strip_prefix("data: ")) {
@@ -582,7 +622,11 @@ fn slow_subscribers_meet_their_policy_while_a_fast_one_keeps_its_latency() -> an
     }
     for key in 0..16u64 {
         let newest = RECORDS - 16 + key;
-        assert_eq!(last_per_key.get(&key), Some(&newest), "conflated key k{key}");
+        assert_eq!(
+            last_per_key.get(&key),
+            Some(&newest),
+            "conflated key k{key}"
+        );
     }
     gw.stop_cleanly()
 }
@@ -593,7 +637,8 @@ fn tokens_are_checked_and_a_good_one_streams() -> anyhow::Result<()> {
     let topic = unique("gw-auth");
     let other = unique("gw-auth-other");
     rt.block_on(create_topics(&[(&topic, 1), (&other, 1)]))?;
-    let keys = millrace_integration_tests::repo_root().join("integration-tests/fixtures/rs256-test-public.pem");
+    let keys = millrace_integration_tests::repo_root()
+        .join("integration-tests/fixtures/rs256-test-public.pem");
     let mut gw = Millrace::start_gateway(&format!(
         r#"
 gateway: it
@@ -622,7 +667,10 @@ auth:
     };
     let exp = now_secs() + 600;
     let good = hs256(&json!({"sub": "a", "exp": exp, "topics": [topic]}), SECRET);
-    let expired = hs256(&json!({"sub": "a", "exp": now_secs() - 600, "topics": [topic]}), SECRET);
+    let expired = hs256(
+        &json!({"sub": "a", "exp": now_secs() - 600, "topics": [topic]}),
+        SECRET,
+    );
     let forged = hs256(
         &json!({"sub": "a", "exp": exp, "topics": [topic]}),
         "a-different-secret-that-is-long-enough-1234",
@@ -655,8 +703,22 @@ auth:
         SECRET,
     );
     let bearer = format!("Bearer {prefixed}");
-    assert_eq!(status(&[("authorization", &bearer)], &format!("{sse}?key=ward-2/x"))?.0, 403);
-    assert_eq!(status(&[("authorization", &bearer)], &format!("{sse}?key=ward-1/x"))?.0, 200);
+    assert_eq!(
+        status(
+            &[("authorization", &bearer)],
+            &format!("{sse}?key=ward-2/x")
+        )?
+        .0,
+        403
+    );
+    assert_eq!(
+        status(
+            &[("authorization", &bearer)],
+            &format!("{sse}?key=ward-1/x")
+        )?
+        .0,
+        200
+    );
     assert!(gw.metric("millrace_gateway_rejected_total{status=\"401\"}")? >= 4.0);
     gw.stop_cleanly()
 }
@@ -677,7 +739,10 @@ fn rest_pages_latest_values_bad_requests_and_limits() -> anyhow::Result<()> {
     let token = format!("Bearer {}", token_for(&[&topic]));
     let client = reqwest::blocking::Client::new();
     let get = |path: &str| -> anyhow::Result<(u16, Value)> {
-        let r = client.get(url(&gw, path)).header("authorization", &token).send()?;
+        let r = client
+            .get(url(&gw, path))
+            .header("authorization", &token)
+            .send()?;
         let status = r.status().as_u16();
         Ok((status, r.json().unwrap_or(Value::Null)))
     };
@@ -685,7 +750,10 @@ fn rest_pages_latest_values_bad_requests_and_limits() -> anyhow::Result<()> {
     // Topics: partitions and their end offsets.
     let (code, listing) = get("/v1/topics")?;
     assert_eq!(code, 200);
-    let parts = listing["topics"][0]["partitions"].as_array().cloned().unwrap_or_default();
+    let parts = listing["topics"][0]["partitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(parts.len(), 2);
     let expected = committed(&topic)?;
     for (p, part) in parts.iter().enumerate() {
@@ -733,7 +801,12 @@ fn rest_pages_latest_values_bad_requests_and_limits() -> anyhow::Result<()> {
         let records = latest["records"].as_array().cloned().unwrap_or_default();
         let seqs: BTreeMap<String, u64> = records
             .iter()
-            .map(|r| (r["key"].as_str().unwrap_or_default().to_string(), r["value"]["seq"].as_u64().unwrap_or(0)))
+            .map(|r| {
+                (
+                    r["key"].as_str().unwrap_or_default().to_string(),
+                    r["value"]["seq"].as_u64().unwrap_or(0),
+                )
+            })
             .collect();
         let newest = |key: u64| (0..seq).rev().find(|s| s % 16 == key);
         if seqs.get("k1").copied() == newest(1) && seqs.get("k2").copied() == newest(2) {
@@ -747,17 +820,44 @@ fn rest_pages_latest_values_bad_requests_and_limits() -> anyhow::Result<()> {
     // Bad input is a clear 400 / 404.
     for (path, want, says) in [
         (format!("/v1/topics/{topic}/sse?start=soon"), 400, "start"),
-        (format!("/v1/topics/{topic}/sse?strat=earliest"), 400, "strat"),
-        (format!("/v1/topics/{topic}/sse?start=0:1,9:1"), 400, "partition 9"),
-        (format!("/v1/topics/{topic}/sse?filter={}", "a".repeat(200)), 400, "limit"),
-        (format!("/v1/topics/{topic}/sse?filter=value.a%20%3E"), 400, "filter"),
+        (
+            format!("/v1/topics/{topic}/sse?strat=earliest"),
+            400,
+            "strat",
+        ),
+        (
+            format!("/v1/topics/{topic}/sse?start=0:1,9:1"),
+            400,
+            "partition 9",
+        ),
+        (
+            format!("/v1/topics/{topic}/sse?filter={}", "a".repeat(200)),
+            400,
+            "limit",
+        ),
+        (
+            format!("/v1/topics/{topic}/sse?filter=value.a%20%3E"),
+            400,
+            "filter",
+        ),
         (format!("/v1/topics/{topic}/sse?format=binary"), 400, "SSE"),
-        ("/v1/topics/no-such-topic/sse".to_string(), 404, "not bridged"),
-        (format!("/v1/topics/{topic}/records?limit=5000"), 400, "maximum"),
+        (
+            "/v1/topics/no-such-topic/sse".to_string(),
+            404,
+            "not bridged",
+        ),
+        (
+            format!("/v1/topics/{topic}/records?limit=5000"),
+            400,
+            "maximum",
+        ),
     ] {
         let (code, body) = get(&path)?;
         assert_eq!(code, want, "{path}: {body}");
-        assert!(body["error"].as_str().unwrap_or_default().contains(says), "{path}: {body}");
+        assert!(
+            body["error"].as_str().unwrap_or_default().contains(says),
+            "{path}: {body}"
+        );
     }
 
     // Two subscribers per token; the third is refused with a reason.
@@ -829,7 +929,13 @@ fn sigterm_tells_every_subscriber_to_reconnect() -> anyhow::Result<()> {
         let mut sse = Sse::open(&sse_url, &[("authorization", bearer.as_str())])
             .await?
             .map_err(|(s, b)| anyhow::anyhow!("{s}: {b}"))?;
-        assert_eq!(sse.next(Duration::from_secs(10)).await?.expect("ready").event, "ready");
+        assert_eq!(
+            sse.next(Duration::from_secs(10))
+                .await?
+                .expect("ready")
+                .event,
+            "ready"
+        );
         let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
         let ready = ws.next().await.expect("ready")?;
         assert!(ready.to_text()?.contains("\"ready\""));
@@ -838,10 +944,17 @@ fn sigterm_tells_every_subscriber_to_reconnect() -> anyhow::Result<()> {
     let pid = nix::unistd::Pid::from_raw(gw.pid().expect("running") as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
     rt.block_on(async {
-        let event = sse.next(Duration::from_secs(10)).await?.expect("disconnect event");
+        let event = sse
+            .next(Duration::from_secs(10))
+            .await?
+            .expect("disconnect event");
         assert_eq!(event.event, "disconnect");
         assert!(event.data.contains("shutdown"), "{}", event.data);
-        assert_eq!(sse.next(Duration::from_secs(10)).await?, None, "stream ends");
+        assert_eq!(
+            sse.next(Duration::from_secs(10)).await?,
+            None,
+            "stream ends"
+        );
         let mut close_code = None;
         let mut said = String::new();
         while let Some(message) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await? {

@@ -819,7 +819,10 @@ fn apply_env(
 
 /// Replaces `${NAME}` with the variable's value; `$${` escapes a literal `${`.
 /// Returns the name of the first unset variable as the error.
-pub(crate) fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(crate) fn expand_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {

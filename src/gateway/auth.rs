@@ -98,7 +98,10 @@ impl Authenticator {
         let mut rs256 = Vec::new();
         if let Some(path) = &config.rs256_public_keys {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                format!("auth.rs256_public_keys: cannot read {}: {e}", path.display())
+                format!(
+                    "auth.rs256_public_keys: cannot read {}: {e}",
+                    path.display()
+                )
             })?;
             for (i, block) in pem_blocks(&text).into_iter().enumerate() {
                 let key = DecodingKey::from_rsa_pem(block.as_bytes()).map_err(|e| {
@@ -160,10 +163,12 @@ impl Authenticator {
                 key_prefixes: None,
             });
         }
-        let token = self.find_token(headers, query).ok_or_else(|| AuthError::Missing {
-            cookie: self.cookie.clone(),
-            query: self.query_param.clone(),
-        })?;
+        let token = self
+            .find_token(headers, query)
+            .ok_or_else(|| AuthError::Missing {
+                cookie: self.cookie.clone(),
+                query: self.query_param.clone(),
+            })?;
         self.verify(&token)
     }
 
@@ -242,8 +247,7 @@ impl Authenticator {
                 return Err(match e.kind() {
                     ErrorKind::ExpiredSignature => AuthError::Expired,
                     ErrorKind::Json(_) => AuthError::Invalid(
-                        "the claims must include `topics` (a list of topic names or \"*\")"
-                            .into(),
+                        "the claims must include `topics` (a list of topic names or \"*\")".into(),
                     ),
                     _ => AuthError::Invalid(e.to_string()),
                 });

@@ -511,7 +511,10 @@ pub fn validate(config: &GatewayConfig) -> Vec<ConfigIssue> {
             config.limits.max_subscribers_per_token,
         ),
         ("limits.max_filter_bytes", config.limits.max_filter_bytes),
-        ("limits.max_history_readers", config.limits.max_history_readers),
+        (
+            "limits.max_history_readers",
+            config.limits.max_history_readers,
+        ),
         ("limits.max_page_records", config.limits.max_page_records),
         ("latest.max_keys", config.latest.max_keys),
         ("latest.max_bytes", config.latest.max_bytes),
@@ -536,8 +539,7 @@ pub fn validate(config: &GatewayConfig) -> Vec<ConfigIssue> {
             "must be longer than subscribers.heartbeat (a ping needs time to be answered)".into(),
         );
     }
-    if !(config.limits.requests_per_second > 0.0 && config.limits.requests_per_second.is_finite())
-    {
+    if !(config.limits.requests_per_second > 0.0 && config.limits.requests_per_second.is_finite()) {
         issue(
             "limits.requests_per_second",
             "must be a positive number".into(),
@@ -591,7 +593,10 @@ auth:
 ";
         let env = |name: &str| (name == "GW_SECRET").then(|| "x".repeat(40));
         let c = parse(text, Path::new("g.yaml"), &env).expect("parses");
-        assert_eq!(c.auth.hs256_secret.as_deref(), Some("x".repeat(40).as_str()));
+        assert_eq!(
+            c.auth.hs256_secret.as_deref(),
+            Some("x".repeat(40).as_str())
+        );
         let err = parse(text, Path::new("g.yaml"), &no_env).unwrap_err();
         assert_eq!(err.issues[0].path, "auth.hs256_secret");
     }
@@ -619,7 +624,10 @@ subscribers: {buffer_events: 0, heartbeat: 20s, pong_timeout: 10s}
             "subscribers.buffer_events",
             "subscribers.pong_timeout",
         ] {
-            assert!(paths.iter().any(|p| p == expected), "{expected} not in {paths:?}");
+            assert!(
+                paths.iter().any(|p| p == expected),
+                "{expected} not in {paths:?}"
+            );
         }
     }
 

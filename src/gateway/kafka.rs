@@ -113,7 +113,8 @@ impl Meta {
             .map_err(|e| format!("offsets of `{topic}` at {timestamp_ms}: {e}"))?;
         let mut out = vec![None; partitions];
         for element in found.elements() {
-            if let (Ok(p), Offset::Offset(o)) = (usize::try_from(element.partition()), element.offset())
+            if let (Ok(p), Offset::Offset(o)) =
+                (usize::try_from(element.partition()), element.offset())
                 && let Some(slot) = out.get_mut(p)
             {
                 *slot = Some(o);

@@ -167,7 +167,15 @@ mod tests {
         let wait = limiter.check_at(ip, t0).unwrap_err();
         assert!(wait <= Duration::from_millis(500) && wait > Duration::ZERO);
         assert!(limiter.check_at(other, t0).is_ok(), "per address");
-        assert!(limiter.check_at(ip, t0 + Duration::from_millis(600)).is_ok());
-        assert!(limiter.check_at(ip, t0 + Duration::from_millis(600)).is_err());
+        assert!(
+            limiter
+                .check_at(ip, t0 + Duration::from_millis(600))
+                .is_ok()
+        );
+        assert!(
+            limiter
+                .check_at(ip, t0 + Duration::from_millis(600))
+                .is_err()
+        );
     }
 }

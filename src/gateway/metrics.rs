@@ -110,8 +110,8 @@ impl GatewayMetrics {
                 "Kafka record timestamp to hand-over to the subscriber's connection",
             )
             .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                30.0, 60.0,
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
             ]),
             &["transport"],
         ));
@@ -135,7 +135,9 @@ impl GatewayMetrics {
 
     /// Records a message handed to a connection.
     pub fn sent(&self, transport: &str, topic: &str, bytes: usize, timestamp: Option<i64>) {
-        self.events_sent.with_label_values(&[transport, topic]).inc();
+        self.events_sent
+            .with_label_values(&[transport, topic])
+            .inc();
         self.bytes_sent
             .with_label_values(&[transport, topic])
             .inc_by(bytes as u64);

@@ -91,7 +91,9 @@ fn parse_offsets(text: &str) -> Result<Vec<(i32, i64)>, String> {
             .parse()
             .map_err(|_| format!("`{o}` in the position is not an offset"))?;
         if pairs.iter().any(|(q, _)| *q == partition) {
-            return Err(format!("partition {partition} appears twice in the position"));
+            return Err(format!(
+                "partition {partition} appears twice in the position"
+            ));
         }
         pairs.push((partition, offset));
     }
@@ -196,7 +198,11 @@ mod tests {
         assert_eq!(p.token(), "0:15,1:0,2:1234567890123");
         assert_eq!(
             Start::parse(&p.token()),
-            Ok(Start::Offsets(vec![(0, 15), (1, 0), (2, 1_234_567_890_123)]))
+            Ok(Start::Offsets(vec![
+                (0, 15),
+                (1, 0),
+                (2, 1_234_567_890_123)
+            ]))
         );
     }
 
@@ -221,7 +227,16 @@ mod tests {
 
     #[test]
     fn bad_starts_are_explained() {
-        for bad in ["", "yesterday", "0:", ":5", "0:1,0:2", "0:x", "1:2:3", "-1:5"] {
+        for bad in [
+            "",
+            "yesterday",
+            "0:",
+            ":5",
+            "0:1,0:2",
+            "0:x",
+            "1:2:3",
+            "-1:5",
+        ] {
             assert!(Start::parse(bad).is_err(), "{bad} was accepted");
         }
         assert!(
@@ -241,7 +256,10 @@ mod tests {
         // readable record decides the position, not a count.
         assert!(p.advance(0, 20));
         assert_eq!(p.get(0), Some(21));
-        assert!(!p.advance(0, 15), "a record below the position is a re-read");
+        assert!(
+            !p.advance(0, 15),
+            "a record below the position is a re-read"
+        );
         assert!(!p.advance(7, 1), "unknown partition");
         assert_eq!(p.token(), "0:21,1:10");
     }

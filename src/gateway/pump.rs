@@ -55,7 +55,10 @@ impl Pump {
     async fn rounds(&mut self) -> Result<(), String> {
         loop {
             let Some((mut live, live_at)) = self.hub.attach() else {
-                return Err(format!("the live tail of `{}` is not running", self.hub.name));
+                return Err(format!(
+                    "the live tail of `{}` is not running",
+                    self.hub.name
+                ));
             };
             if !self.position.reached(&live_at) && !self.catch_up(&live_at).await? {
                 return Ok(());

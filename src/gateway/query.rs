@@ -99,13 +99,13 @@ impl Params {
             limit: None,
         };
         for (name, value) in pairs {
-            let allowed = match (name.as_str(), endpoint) {
-                ("key", _) => true,
-                ("start" | "filter", Endpoint::Subscribe | Endpoint::Page) => true,
-                ("format" | "policy", Endpoint::Subscribe) => true,
-                ("limit", Endpoint::Page) => true,
-                _ => false,
-            };
+            let allowed = matches!(
+                (name.as_str(), endpoint),
+                ("key", _)
+                    | ("start" | "filter", Endpoint::Subscribe | Endpoint::Page)
+                    | ("format" | "policy", Endpoint::Subscribe)
+                    | ("limit", Endpoint::Page)
+            );
             if name == token_param || name.starts_with('_') {
                 continue;
             }
@@ -120,11 +120,7 @@ impl Params {
                     }
                     p.keys.push(value.as_bytes().to_vec());
                 }
-                "filter" => {
-                    if !value.trim().is_empty() {
-                        p.filter = Some(value.clone());
-                    }
-                }
+                "filter" if !value.trim().is_empty() => p.filter = Some(value.clone()),
                 "format" => {
                     p.format = Some(match value.as_str() {
                         "json" => WireFormat::Json,
@@ -157,7 +153,10 @@ mod tests {
 
     #[test]
     fn pairs_are_decoded_and_keys_repeat() {
-        let q = pairs(Some("key=ward%2F1&key=b+c&filter=value.hr%20%3E%20100&_=17")).unwrap();
+        let q = pairs(Some(
+            "key=ward%2F1&key=b+c&filter=value.hr%20%3E%20100&_=17",
+        ))
+        .unwrap();
         let p = Params::parse(&q, Endpoint::Subscribe, "access_token", 10).unwrap();
         assert_eq!(p.keys, vec![b"ward/1".to_vec(), b"b c".to_vec()]);
         assert_eq!(p.filter.as_deref(), Some("value.hr > 100"));

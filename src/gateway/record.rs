@@ -217,8 +217,17 @@ mod tests {
 
     #[test]
     fn raw_values_are_base64_in_json_and_untouched_in_binary_frames() {
-        let samples: Vec<u8> = [1.5f32, -2.25].iter().flat_map(|f| f.to_le_bytes()).collect();
-        let r = Record::new(0, 7, None, Some(vec![0xff, 0x00]), Value::Bytes(samples.clone()));
+        let samples: Vec<u8> = [1.5f32, -2.25]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        let r = Record::new(
+            0,
+            7,
+            None,
+            Some(vec![0xff, 0x00]),
+            Value::Bytes(samples.clone()),
+        );
         let env = parse(r.envelope());
         assert_eq!(env["key_b64"], json!("/wA="));
         assert_eq!(env["timestamp"], Json::Null);

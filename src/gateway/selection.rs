@@ -204,10 +204,18 @@ mod tests {
 
     #[test]
     fn filters_are_bounded() {
-        assert!(compile_filter("value.a > 1", 4).unwrap_err().contains("limit"));
+        assert!(
+            compile_filter("value.a > 1", 4)
+                .unwrap_err()
+                .contains("limit")
+        );
         let deep = format!("{}1{}", "(".repeat(40), ")".repeat(40));
         assert!(compile_filter(&deep, 4096).unwrap_err().contains("nests"));
-        assert!(compile_filter("value.a >", 4096).unwrap_err().contains("filter"));
+        assert!(
+            compile_filter("value.a >", 4096)
+                .unwrap_err()
+                .contains("filter")
+        );
         let s = Selection::new("t", vec![], None, None, 10).unwrap();
         assert!(s.is_everything());
         assert_eq!(s.matches(&record(None, json!(1))), Match::Yes);

@@ -326,7 +326,10 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     if *gw.shutdown.borrow() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: stopping\n".to_string());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: stopping\n".to_string(),
+        );
     }
     let waiting: Vec<&str> = gw
         .hubs
@@ -339,7 +342,10 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: live tail not started for {}\n", waiting.join(", ")),
+            format!(
+                "not ready: live tail not started for {}\n",
+                waiting.join(", ")
+            ),
         )
     }
 }
@@ -359,4 +365,3 @@ async fn shutdown_signal() -> &'static str {
         }
     }
 }
-

@@ -83,7 +83,9 @@ impl Session {
                 return Err(gw.rejected(ApiError::bad_request(format!(
                     "binary frames carry the bytes of raw topics; `{topic}` is {}: use \
                      format=json",
-                    gw.config.topic(topic).map_or("json".into(), |t| t.format.to_string())
+                    gw.config
+                        .topic(topic)
+                        .map_or("json".into(), |t| t.format.to_string())
                 ))));
             }
             (Some(f), _, _) => f,
@@ -126,9 +128,10 @@ impl Session {
             None => params.start.clone().unwrap_or(Start::Latest),
         };
 
-        let permit = gw.limits.acquire(&principal.subject).map_err(|why| {
-            gw.rejected(ApiError::new(StatusCode::TOO_MANY_REQUESTS, why))
-        })?;
+        let permit = gw
+            .limits
+            .acquire(&principal.subject)
+            .map_err(|why| gw.rejected(ApiError::new(StatusCode::TOO_MANY_REQUESTS, why)))?;
         let position = gw.resolve_start(&hub, &start).await?;
         let policy = params.policy.unwrap_or(hub.policy);
         let outbox = Outbox::new(
@@ -174,12 +177,9 @@ impl Session {
 
     /// Counts a message handed to the connection.
     pub fn sent(&self, bytes: usize, timestamp: Option<i64>) {
-        self.gateway.metrics.sent(
-            self.transport.label(),
-            &self.topic,
-            bytes,
-            timestamp,
-        );
+        self.gateway
+            .metrics
+            .sent(self.transport.label(), &self.topic, bytes, timestamp);
     }
 }
 

@@ -182,9 +182,7 @@ fn render(session: &Session, out: Out) -> (Message, Option<CloseReason>) {
         Out::Record(item) => {
             let timestamp = item.live.then_some(item.record.timestamp).flatten();
             let message = match session.format {
-                WireFormat::Binary => {
-                    Message::Binary(item.record.ws_binary(&item.position).into())
-                }
+                WireFormat::Binary => Message::Binary(item.record.ws_binary(&item.position).into()),
                 WireFormat::Json => Message::text(item.record.ws_text(&item.position)),
             };
             let bytes = match &message {

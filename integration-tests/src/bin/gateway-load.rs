@@ -108,7 +108,9 @@ fn now_ms() -> u64 {
 fn timestamp_of(text: &str) -> Option<u64> {
     let at = text.find("\"timestamp\":")? + 12;
     let rest = &text[at..];
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
@@ -341,7 +343,9 @@ async fn main() -> anyhow::Result<()> {
         0.0
     };
     let cpu = (cpu_end - cpu_start) / elapsed.max(0.001);
-    println!("| transport | subscribers | produced/s | delivered events/s | delivered | latency p50 | p99 | max | gateway RSS idle -> peak | RSS per subscriber | gateway CPU |");
+    println!(
+        "| transport | subscribers | produced/s | delivered events/s | delivered | latency p50 | p99 | max | gateway RSS idle -> peak | RSS per subscriber | gateway CPU |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
         "| {} | {} | {} | {:.0} | {:.2}% | {} ms | {} ms | {} ms | {} -> {} MiB | {:.1} KiB | {:.0}% of a core |",
@@ -349,7 +353,11 @@ async fn main() -> anyhow::Result<()> {
         connected,
         a.rate,
         events as f64 / elapsed.max(0.001),
-        if expected > 0 { events as f64 * 100.0 / expected as f64 } else { 0.0 },
+        if expected > 0 {
+            events as f64 * 100.0 / expected as f64
+        } else {
+            0.0
+        },
         shared.latency.quantile(0.5),
         shared.latency.quantile(0.99),
         shared.latency.max.load(Ordering::Relaxed),
