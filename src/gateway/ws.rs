@@ -75,7 +75,12 @@ pub async fn subscribe(
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
+    // Clients only answer pings: small read buffers. Messages are flushed
+    // one by one (the outbox is the buffer), so the write buffer stays small
+    // too. With tens of thousands of subscribers these dominate memory.
     upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| serve(socket, session))
 }

@@ -66,6 +66,17 @@ struct Histogram {
     max: AtomicU64,
 }
 
+impl Shared {
+    fn received(&self, ts: u64) {
+        if ts >= self.window_from.load(Ordering::Relaxed)
+            && ts < self.window_to.load(Ordering::Relaxed)
+        {
+            self.events.fetch_add(1, Ordering::Relaxed);
+            self.latency.record(now_ms().saturating_sub(ts));
+        }
+    }
+}
+
 impl Histogram {
     fn new() -> Histogram {
         Histogram {
@@ -90,12 +101,6 @@ impl Histogram {
         }
         0
     }
-    fn reset(&self) {
-        for b in &self.buckets {
-            b.store(0, Ordering::Relaxed);
-        }
-        self.max.store(0, Ordering::Relaxed);
-    }
 }
 
 fn now_ms() -> u64 {
@@ -115,6 +120,9 @@ fn timestamp_of(text: &str) -> Option<u64> {
 }
 
 struct Shared {
+    /// Records (by producer timestamp) inside the measured window count.
+    window_from: AtomicU64,
+    window_to: AtomicU64,
     events: AtomicU64,
     connected: AtomicU64,
     failed: AtomicU64,
@@ -152,8 +160,7 @@ async fn sse_subscriber(host: String, path: String, shared: Arc<Shared>) -> anyh
             if let Some(data) = line.strip_prefix("data: ")
                 && let Some(ts) = timestamp_of(data)
             {
-                shared.events.fetch_add(1, Ordering::Relaxed);
-                shared.latency.record(now_ms().saturating_sub(ts));
+                shared.received(ts);
             }
         }
     }
@@ -177,8 +184,7 @@ async fn ws_subscriber(url: String, shared: Arc<Shared>) -> anyhow::Result<()> {
             if text.starts_with("{\"type\":\"record\"")
                 && let Some(ts) = timestamp_of(&text)
             {
-                shared.events.fetch_add(1, Ordering::Relaxed);
-                shared.latency.record(now_ms().saturating_sub(ts));
+                shared.received(ts);
             }
         }
     }
@@ -236,6 +242,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let a = args()?;
     let shared = Arc::new(Shared {
+        window_from: AtomicU64::new(u64::MAX),
+        window_to: AtomicU64::new(u64::MAX),
         events: AtomicU64::new(0),
         connected: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -310,8 +318,7 @@ async fn main() -> anyhow::Result<()> {
     let mut rss_peak = 0;
     while begin.elapsed() < total {
         if measured_at.is_none() && begin.elapsed() >= warm {
-            shared.events.store(0, Ordering::Relaxed);
-            shared.latency.reset();
+            shared.window_from.store(now_ms(), Ordering::Relaxed);
             produced = 0;
             cpu_start = a.gateway_pid.map(proc_stats).unwrap_or_default().1;
             measured_at = Some(Instant::now());
@@ -330,10 +337,11 @@ async fn main() -> anyhow::Result<()> {
         next += interval;
         tokio::time::sleep_until(next.into()).await;
     }
-    // Let the last records arrive.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let elapsed = measured_at.map_or(0.0, |t| t.elapsed().as_secs_f64() - 2.0);
+    shared.window_to.store(now_ms(), Ordering::Relaxed);
+    let elapsed = measured_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
     let (rss_end, cpu_end) = a.gateway_pid.map(proc_stats).unwrap_or_default();
+    // Let the last records of the window arrive.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     shared.stop.store(true, Ordering::Relaxed);
     let events = shared.events.load(Ordering::Relaxed);
     let expected = produced * connected;
