@@ -172,7 +172,7 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
 }
 
 /// Names used inside Kafka ids: letters, digits, `.`, `_`, `-`.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
