@@ -78,6 +78,9 @@ enum Command {
     },
     /// Serve a Confluent-compatible schema registry whose state lives in a
     /// compacted Kafka topic (`_schemas`), until SIGTERM or SIGINT.
+    /// Produce simulated telemetry (ECG waveforms and vitals of a fleet
+    /// of monitors, with injected anomalies and silences) to Kafka.
+    Gen(crate::generator::GenArgs),
     Registry(crate::registry::cli::RegistryArgs),
     /// Register or check Avro schemas (`.avsc` files) against a
     /// Confluent-compatible registry.
@@ -118,6 +121,7 @@ pub fn main() -> ExitCode {
             to,
             execute,
         } => reset(&config, &to, execute),
+        Command::Gen(args) => crate::generator::main(args),
         Command::Registry(args) => crate::registry::cli::registry(args),
         Command::Schemas { command } => crate::registry::cli::schemas(command),
     }

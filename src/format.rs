@@ -4,6 +4,7 @@
 use serde_json::Value as Json;
 
 use crate::config::Format;
+use crate::telemetry::waveform;
 
 /// Decodes a record value. A missing value (a Kafka tombstone) is an error:
 /// JSON pipelines expect a document.
@@ -12,6 +13,9 @@ pub fn decode(format: Format, payload: Option<&[u8]>) -> Result<Json, String> {
     match format {
         Format::Json => serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}")),
         Format::Avro => Err(unsupported_avro()),
+        Format::Waveform => waveform::decode(bytes)
+            .map(|batch| waveform::to_json(&batch))
+            .map_err(|e| format!("invalid waveform batch: {e}")),
     }
 }
 
@@ -20,6 +24,9 @@ pub fn encode(format: Format, value: &Json) -> Result<Vec<u8>, String> {
     match format {
         Format::Json => serde_json::to_vec(value).map_err(|e| format!("cannot encode JSON: {e}")),
         Format::Avro => Err(unsupported_avro()),
+        Format::Waveform => waveform::from_json(value)
+            .and_then(|batch| waveform::encode(&batch))
+            .map_err(|e| format!("cannot encode a waveform batch: {e}")),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod config;
 pub mod expr;
 pub mod format;
 pub mod gateway;
+pub mod generator;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

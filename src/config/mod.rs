@@ -175,6 +175,11 @@ pub enum Format {
     /// Avro in the Confluent wire format. Accepted by the parser so that the
     /// validator can say plainly that it is not available yet.
     Avro,
+    /// Millrace's waveform batches: a header (device, first-sample time,
+    /// sample rate) and little-endian f32 samples (see
+    /// [`crate::telemetry::waveform`]); decoded as `{"device", "t0",
+    /// "rate", "samples"}`.
+    Waveform,
 }
 
 impl fmt::Display for Format {
@@ -182,6 +187,7 @@ impl fmt::Display for Format {
         match self {
             Format::Json => f.write_str("json"),
             Format::Avro => f.write_str("avro"),
+            Format::Waveform => f.write_str("waveform"),
         }
     }
 }
