@@ -151,17 +151,27 @@ mod tests {
     #[test]
     fn bad_input_is_explained() {
         let e = decode(&ValueDecoder::Json, Some(b"{not json"));
-        assert!(matches!(&e, Err(DecodeFailure::Record { message, .. }) if message.contains("invalid JSON")));
+        assert!(
+            matches!(&e, Err(DecodeFailure::Record { message, .. }) if message.contains("invalid JSON"))
+        );
         assert_eq!(reason(e), FailureReason::Decode);
         let e = decode(&ValueDecoder::Json, None);
-        assert!(matches!(&e, Err(DecodeFailure::Record { message, .. }) if message.contains("tombstone")));
+        assert!(
+            matches!(&e, Err(DecodeFailure::Record { message, .. }) if message.contains("tombstone"))
+        );
     }
 
     #[test]
     fn avro_problems_have_their_own_reasons() {
         let avro = ValueDecoder::Avro(avro::Decoder::new(None));
-        assert_eq!(reason(decode(&avro, Some(b"{}"))), FailureReason::WrongMagic);
-        assert_eq!(reason(decode(&avro, Some(&[0, 0]))), FailureReason::Truncated);
+        assert_eq!(
+            reason(decode(&avro, Some(b"{}"))),
+            FailureReason::WrongMagic
+        );
+        assert_eq!(
+            reason(decode(&avro, Some(&[0, 0]))),
+            FailureReason::Truncated
+        );
         assert_eq!(
             reason(decode(&avro, Some(&[0, 0, 0, 0, 9, 2]))),
             FailureReason::UnknownSchema

@@ -434,8 +434,8 @@ fn sink_encoder(sink: &SinkConfig) -> Result<ValueEncoder, (&'static str, String
             ))?;
             let schema = avro::load_schema(path).map_err(|e| ("schema", e))?;
             let strategy = sink.subject_strategy.unwrap_or_default();
-            let subject =
-                avro::subject(strategy, &sink.topic, &schema).map_err(|e| ("subject_strategy", e))?;
+            let subject = avro::subject(strategy, &sink.topic, &schema)
+                .map_err(|e| ("subject_strategy", e))?;
             Ok(ValueEncoder::Avro(AvroSink {
                 schema,
                 subject,
@@ -465,11 +465,14 @@ fn encode_for(
             json_to_key(&value)
         }
     };
-    let payload = sink.encoder.encode(&record.value).map_err(|message| Failure {
-        reason: FailureReason::Encode,
-        at: format!("sinks.{}", sink.name),
-        message,
-    })?;
+    let payload = sink
+        .encoder
+        .encode(&record.value)
+        .map_err(|message| Failure {
+            reason: FailureReason::Encode,
+            at: format!("sinks.{}", sink.name),
+            message,
+        })?;
     Ok(Output {
         topic: sink.topic.clone(),
         key,
@@ -630,7 +633,10 @@ sinks:
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].payload[..5], [0, 0, 0, 0, 20]);
         let mut schemas = SchemaCache::new(None);
-        schemas.insert(20, avro::load_schema(&dir.path().join("alert.avsc")).unwrap());
+        schemas.insert(
+            20,
+            avro::load_schema(&dir.path().join("alert.avsc")).unwrap(),
+        );
         let back = avro::Decoder::new(None)
             .decode(&out[0].payload, &mut schemas)
             .unwrap();
@@ -647,8 +653,14 @@ sinks:
         let reason = |p: &mut Pipeline, bytes: &[u8]| run(p, None, bytes, None).unwrap_err().reason;
         assert_eq!(reason(&mut p, b"{}"), FailureReason::WrongMagic);
         assert_eq!(reason(&mut p, &[0, 0, 0]), FailureReason::Truncated);
-        assert_eq!(reason(&mut p, &[0, 0, 0, 0, 10, 2]), FailureReason::Truncated);
-        assert_eq!(reason(&mut p, &[0, 0, 0, 0, 10, 0, 0, 0]), FailureReason::Decode);
+        assert_eq!(
+            reason(&mut p, &[0, 0, 0, 0, 10, 2]),
+            FailureReason::Truncated
+        );
+        assert_eq!(
+            reason(&mut p, &[0, 0, 0, 0, 10, 0, 0, 0]),
+            FailureReason::Decode
+        );
         // The step sets a symbol the sink's enum lacks: an encode failure
         // naming the field.
         let mut bad = avro_pipeline(dir.path());

@@ -318,7 +318,10 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
             let key = String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned();
             let reason = h.get("millrace.reason").cloned().unwrap_or_default();
             let error = h.get("millrace.error").cloned().unwrap_or_default();
-            (key, (reason, msg.payload().unwrap_or_default().to_vec(), error))
+            (
+                key,
+                (reason, msg.payload().unwrap_or_default().to_vec(), error),
+            )
         })
         .collect();
 
@@ -351,7 +354,10 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
     }
     progress(&format!("dead letters by reason: {by_reason:?}"));
     for reason in ["wrong_magic", "unknown_schema", "truncated", "decode"] {
-        assert!(by_reason.get(reason).copied().unwrap_or(0) >= 10, "{reason}: {by_reason:?}");
+        assert!(
+            by_reason.get(reason).copied().unwrap_or(0) >= 10,
+            "{reason}: {by_reason:?}"
+        );
     }
     assert_eq!(
         outputs.len() + dead_letters.len(),
@@ -469,7 +475,13 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
     ))?;
     // The pipeline learns schema v1 while the registry is up.
     let first: Vec<(String, i32, Vec<u8>)> = (0..20)
-        .map(|i| (format!("dev-{i}"), (i % 2) as i32, v1.encode(&reading(i, 1)).expect("encodes")))
+        .map(|i| {
+            (
+                format!("dev-{i}"),
+                (i % 2) as i32,
+                v1.encode(&reading(i, 1)).expect("encodes"),
+            )
+        })
         .collect();
     produce_to(&producer(), &input, &first).await?;
     wait_caught_up(&m, &group, &input)?;
@@ -496,19 +508,33 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
             .iter()
             .map(|msg| String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned())
             .collect();
-        let odd_done = (21..120).step_by(2).all(|i| keys.contains(&format!("dev-{i}")));
+        let odd_done = (21..120)
+            .step_by(2)
+            .all(|i| keys.contains(&format!("dev-{i}")));
         if odd_done {
-            let even_out = (20..120).step_by(2).filter(|i| keys.contains(&format!("dev-{i}"))).count();
-            assert_eq!(even_out, 0, "records needing the unreachable registry were output");
+            let even_out = (20..120)
+                .step_by(2)
+                .filter(|i| keys.contains(&format!("dev-{i}")))
+                .count();
+            assert_eq!(
+                even_out, 0,
+                "records needing the unreachable registry were output"
+            );
             break;
         }
         if Instant::now() > deadline {
-            bail!("records with a cached schema did not flow; log:\n{}", m.log_tail(60));
+            bail!(
+                "records with a cached schema did not flow; log:\n{}",
+                m.log_tail(60)
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     std::thread::sleep(Duration::from_secs(3));
-    assert!(read_committed(&dead)?.is_empty(), "nothing dead-lettered during the outage");
+    assert!(
+        read_committed(&dead)?.is_empty(),
+        "nothing dead-lettered during the outage"
+    );
     assert!(m.metric("millrace_registry_unavailable_total")? >= 1.0);
     assert!(m.is_running(), "the pipeline keeps running");
     assert_eq!(m.get("/healthz")?.0, 200);

@@ -49,8 +49,7 @@ impl Registry {
     fn client(&mut self) -> Result<&RegistryClient, RegistryError> {
         if self.client.is_none() {
             let c = &self.config;
-            let client =
-                RegistryClient::new(&c.url, c.username.as_deref(), c.password.as_deref())?;
+            let client = RegistryClient::new(&c.url, c.username.as_deref(), c.password.as_deref())?;
             self.client = Some(client);
         }
         self.client
@@ -247,10 +246,7 @@ impl Backoff {
 
     fn succeeded(&mut self) {
         if self.failures > 0 {
-            info!(
-                failures = self.failures,
-                "schema registry reachable again"
-            );
+            info!(failures = self.failures, "schema registry reachable again");
         }
         *self = Backoff::default();
     }
@@ -325,8 +321,8 @@ mod tests {
         assert!(usable_schema(1, &answer("AVRO", vec![])).is_ok());
         let e = usable_schema(2, &answer("PROTOBUF", vec![])).unwrap_err();
         assert!(e.contains("PROTOBUF"), "{e}");
-        let e = usable_schema(3, &answer("AVRO", vec![serde_json::json!({"name": "x"})]))
-            .unwrap_err();
+        let e =
+            usable_schema(3, &answer("AVRO", vec![serde_json::json!({"name": "x"})])).unwrap_err();
         assert!(e.contains("references"), "{e}");
     }
 }

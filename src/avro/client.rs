@@ -43,7 +43,8 @@ pub enum RegistryError {
 }
 
 fn code_suffix(code: Option<i64>) -> String {
-    code.map(|c| format!(" (error code {c})")).unwrap_or_default()
+    code.map(|c| format!(" (error code {c})"))
+        .unwrap_or_default()
 }
 
 impl RegistryError {
@@ -140,8 +141,13 @@ impl RegistryClient {
     pub fn register(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
         let url = self.endpoint(&["subjects", subject, "versions"]);
         let body = serde_json::json!({ "schema": schema });
-        self.call::<IdAnswer>(self.http.post(url).json(&body).header("content-type", MEDIA_TYPE))
-            .map(|a| a.id)
+        self.call::<IdAnswer>(
+            self.http
+                .post(url)
+                .json(&body)
+                .header("content-type", MEDIA_TYPE),
+        )
+        .map(|a| a.id)
     }
 
     /// `POST /subjects/{subject}`: the id of `schema` if it is registered
@@ -149,8 +155,13 @@ impl RegistryClient {
     pub fn lookup(&self, subject: &str, schema: &str) -> Result<u32, RegistryError> {
         let url = self.endpoint(&["subjects", subject]);
         let body = serde_json::json!({ "schema": schema });
-        self.call::<IdAnswer>(self.http.post(url).json(&body).header("content-type", MEDIA_TYPE))
-            .map(|a| a.id)
+        self.call::<IdAnswer>(
+            self.http
+                .post(url)
+                .json(&body)
+                .header("content-type", MEDIA_TYPE),
+        )
+        .map(|a| a.id)
     }
 
     /// The base URL with `segments` appended, each percent-encoded (subject
@@ -168,13 +179,14 @@ impl RegistryClient {
             Some((user, password)) => request.basic_auth(user, password.as_deref()),
             None => request,
         };
-        let response = request
-            .header("accept", ACCEPT)
-            .send()
-            .map_err(|e| RegistryError::Unreachable {
-                url: self.base.to_string(),
-                message: error_chain(&e),
-            })?;
+        let response =
+            request
+                .header("accept", ACCEPT)
+                .send()
+                .map_err(|e| RegistryError::Unreachable {
+                    url: self.base.to_string(),
+                    message: error_chain(&e),
+                })?;
         read_answer(response, &self.base)
     }
 }
@@ -245,7 +257,8 @@ mod tests {
     fn endpoints_keep_a_path_prefix_and_encode_subjects() {
         let c = RegistryClient::new("http://reg:8081/api/", None, None).unwrap();
         assert_eq!(
-            c.endpoint(&["subjects", "a b/c-value", "versions"]).as_str(),
+            c.endpoint(&["subjects", "a b/c-value", "versions"])
+                .as_str(),
             "http://reg:8081/api/subjects/a%20b%2Fc-value/versions"
         );
         let c = RegistryClient::new("https://reg", None, None).unwrap();

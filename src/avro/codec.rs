@@ -270,7 +270,10 @@ mod tests {
             Err(DecodeError::Record {
                 problem: Problem::Incompatible,
                 message,
-            }) => assert!(message.contains("room") && message.contains("id 1"), "{message}"),
+            }) => assert!(
+                message.contains("room") && message.contains("id 1"),
+                "{message}"
+            ),
             other => panic!("{other:?}"),
         }
     }
@@ -329,7 +332,10 @@ mod tests {
         let e = encoder
             .encode(&json!({"device": "a", "hr": "fast", "temp_c": 1, "firmware": "x"}))
             .unwrap_err();
-        assert!(e.contains("field `hr`") && e.contains("expected int"), "{e}");
+        assert!(
+            e.contains("field `hr`") && e.contains("expected int"),
+            "{e}"
+        );
         let e = encoder
             .encode(&json!({"device": "a", "hr": 1, "temp_c": 1}))
             .unwrap_err();

@@ -18,9 +18,7 @@ pub fn to_text(decimal: Decimal, scale: usize) -> String {
 /// digits than the precision.
 pub fn from_text(text: &str, precision: usize, scale: usize) -> Result<Decimal, String> {
     let plain = Plain::parse(text)?;
-    let (kept, dropped) = plain
-        .fraction
-        .split_at(plain.fraction.len().min(scale));
+    let (kept, dropped) = plain.fraction.split_at(plain.fraction.len().min(scale));
     if dropped.bytes().any(|b| b != b'0') {
         return Err(format!(
             "`{text}` has more than {scale} digits after the point (the schema's scale)"
@@ -136,7 +134,9 @@ mod tests {
 
     #[test]
     fn only_plain_decimals_are_accepted() {
-        for bad in ["", "-", ".", "1.", "1e3", "1.2.3", "0x10", "NaN", " 1 2", "--1"] {
+        for bad in [
+            "", "-", ".", "1.", "1e3", "1.2.3", "0x10", "NaN", " 1 2", "--1",
+        ] {
             assert!(from_text(bad, 9, 2).is_err(), "{bad:?}");
         }
         assert_eq!(

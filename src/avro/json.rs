@@ -207,7 +207,10 @@ impl<S: Borrow<Schema>> ToJson<'_, S> {
                 let mut object = Map::new();
                 for (name, v) in fields {
                     let field_schema = record.and_then(|r| {
-                        r.lookup.get(&name).and_then(|&i| r.fields.get(i)).map(|f| &f.schema)
+                        r.lookup
+                            .get(&name)
+                            .and_then(|&i| r.fields.get(i))
+                            .map(|f| &f.schema)
                     });
                     let converted = self.convert(v, field_schema, namespace);
                     object.insert(name, converted);
@@ -257,7 +260,13 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
             )));
         };
         let namespace = inner_namespace(schema, namespace);
-        let mismatch = || EncodeError::new(format!("expected {}, got {}", type_name(schema), describe(json)));
+        let mismatch = || {
+            EncodeError::new(format!(
+                "expected {}, got {}",
+                type_name(schema),
+                describe(json)
+            ))
+        };
         Ok(match schema {
             Schema::Null => match json {
                 Json::Null => Value::Null,
@@ -352,9 +361,10 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
             }
             Schema::Uuid(_) => {
                 let text = json.as_str().ok_or_else(mismatch)?;
-                Value::Uuid(Uuid::parse_str(text).map_err(|e| {
-                    EncodeError::new(format!("`{text}` is not a UUID: {e}"))
-                })?)
+                Value::Uuid(
+                    Uuid::parse_str(text)
+                        .map_err(|e| EncodeError::new(format!("`{text}` is not a UUID: {e}")))?,
+                )
             }
             Schema::Duration(_) => {
                 let object = json.as_object().ok_or_else(mismatch)?;
@@ -412,7 +422,10 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
                     )),
                 },
             };
-            fields.push((field.name.clone(), value.map_err(|e| e.in_field(&field.name))?));
+            fields.push((
+                field.name.clone(),
+                value.map_err(|e| e.in_field(&field.name))?,
+            ));
         }
         Ok(Value::Record(fields))
     }
@@ -438,7 +451,10 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
                 }
             }
         }
-        let candidates: Vec<&Schema> = variants.iter().filter(|v| !matches!(v, Schema::Null)).collect();
+        let candidates: Vec<&Schema> = variants
+            .iter()
+            .filter(|v| !matches!(v, Schema::Null))
+            .collect();
         match (first_error, candidates.as_slice()) {
             // With one real branch (the common ["null", T]) its own error is
             // the clearest.
@@ -466,7 +482,10 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
                     .map_err(|_| EncodeError::new("a bytes default has characters above U+00FF")),
             ),
             Json::String(s) => Some(BASE64.decode(s).map_err(|e| {
-                EncodeError::new(format!("expected base64 bytes, got {}: {e}", describe(json)))
+                EncodeError::new(format!(
+                    "expected base64 bytes, got {}: {e}",
+                    describe(json)
+                ))
             })),
             Json::Array(items) => Some(
                 items
@@ -518,9 +537,9 @@ fn long(json: &Json) -> Option<i64> {
         return None;
     }
     let f = n.as_f64()?;
-    // 2^63 is exactly representable; i64::MAX is not.
-    let fits = f.fract() == 0.0 && f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0;
-    fits.then_some(f as i64)
+    // -2^63 and 2^63 are exactly representable; i64::MAX is not.
+    const RANGE: std::ops::Range<f64> = -9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0;
+    (f.fract() == 0.0 && RANGE.contains(&f)).then_some(f as i64)
 }
 
 fn double(json: &Json) -> Option<f64> {
@@ -540,7 +559,9 @@ fn double(json: &Json) -> Option<f64> {
 fn decimal_text(json: &Json) -> Option<String> {
     match json {
         Json::String(s) => Some(s.clone()),
-        Json::Number(n) if n.is_f64() => n.as_f64().filter(|f| f.is_finite()).map(|f| f.to_string()),
+        Json::Number(n) if n.is_f64() => {
+            n.as_f64().filter(|f| f.is_finite()).map(|f| f.to_string())
+        }
         Json::Number(n) => Some(n.to_string()),
         _ => None,
     }
@@ -667,17 +688,22 @@ mod tests {
 
     #[test]
     fn decoded_values_map_as_documented() {
-        let s = parsed(r#"{"type": "record", "name": "R", "fields": [
+        let s = parsed(
+            r#"{"type": "record", "name": "R", "fields": [
             {"name": "f", "type": "float"},
             {"name": "nan", "type": "double"},
             {"name": "raw", "type": "bytes"},
             {"name": "u", "type": ["null", {"type": "enum", "name": "E", "symbols": ["X", "Y"]}]}
-        ]}"#);
+        ]}"#,
+        );
         let value = Value::Record(vec![
             ("f".into(), Value::Float(0.1)),
             ("nan".into(), Value::Double(f64::NEG_INFINITY)),
             ("raw".into(), Value::Bytes(vec![0, 1, 2, 255])),
-            ("u".into(), Value::Union(1, Box::new(Value::Enum(1, "Y".into())))),
+            (
+                "u".into(),
+                Value::Union(1, Box::new(Value::Enum(1, "Y".into()))),
+            ),
         ]);
         assert_eq!(
             read(&s, value),
@@ -703,21 +729,28 @@ mod tests {
 
     #[test]
     fn optional_fields_report_the_inner_error() {
-        let s = parsed(r#"{"type": "record", "name": "R", "fields": [
+        let s = parsed(
+            r#"{"type": "record", "name": "R", "fields": [
             {"name": "vitals", "type": {"type": "record", "name": "V", "fields": [
                 {"name": "hr", "type": ["null", "int"]}
             ]}}
-        ]}"#);
+        ]}"#,
+        );
         let e = write(&s, &json!({"vitals": {"hr": "high"}})).unwrap_err();
         assert_eq!(e.path, "vitals.hr");
-        assert_eq!(e.to_string(), "field `vitals.hr`: expected int, got string \"high\"");
+        assert_eq!(
+            e.to_string(),
+            "field `vitals.hr`: expected int, got string \"high\""
+        );
     }
 
     #[test]
     fn paths_go_through_arrays_and_maps() {
-        let s = parsed(r#"{"type": "record", "name": "R", "fields": [
+        let s = parsed(
+            r#"{"type": "record", "name": "R", "fields": [
             {"name": "batches", "type": {"type": "array", "items": {"type": "map", "values": "int"}}}
-        ]}"#);
+        ]}"#,
+        );
         let e = write(&s, &json!({"batches": [{"a": 1}, {"b": 2.5}]})).unwrap_err();
         assert_eq!(e.path, "batches[1].b");
         assert!(e.message.contains("number 2.5"), "{e}");
@@ -725,20 +758,26 @@ mod tests {
 
     #[test]
     fn missing_fields_take_defaults_or_null_and_extra_fields_are_dropped() {
-        let s = parsed(r#"{"type": "record", "name": "R", "fields": [
+        let s = parsed(
+            r#"{"type": "record", "name": "R", "fields": [
             {"name": "a", "type": "int", "default": 3},
             {"name": "b", "type": ["null", "string"]},
             {"name": "c", "type": "bytes", "default": "\u00ff\u0000"},
             {"name": "d", "type": ["string", "null"], "default": "x"},
             {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["P", "Q"]}, "default": "Q"}
-        ]}"#);
+        ]}"#,
+        );
         assert_eq!(
             round_trip(&s, json!({"extra": 1})),
             json!({"a": 3, "b": null, "c": "/wA=", "d": "x", "e": "Q"})
         );
-        let strict = parsed(r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "int"}]}"#);
+        let strict =
+            parsed(r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "int"}]}"#);
         let e = write(&strict, &json!({})).unwrap_err();
-        assert_eq!((e.path.as_str(), e.message.as_str()), ("a", "missing, and the schema gives it no default"));
+        assert_eq!(
+            (e.path.as_str(), e.message.as_str()),
+            ("a", "missing, and the schema gives it no default")
+        );
     }
 
     #[test]
@@ -759,31 +798,51 @@ mod tests {
     #[test]
     fn bytes_take_base64_or_byte_lists_and_fixed_checks_its_size() {
         let bytes = parsed(r#""bytes""#);
-        assert_eq!(write(&bytes, &json!([1, 2, 255])).unwrap(), Value::Bytes(vec![1, 2, 255]));
+        assert_eq!(
+            write(&bytes, &json!([1, 2, 255])).unwrap(),
+            Value::Bytes(vec![1, 2, 255])
+        );
         assert!(write(&bytes, &json!("not base64!")).is_err());
         let e = write(&bytes, &json!([1, 256])).unwrap_err();
         assert_eq!(e.path, "[1]");
         let fixed = parsed(r#"{"type": "fixed", "name": "F", "size": 2}"#);
         let e = write(&fixed, &json!("AAEC")).unwrap_err();
-        assert!(e.message.contains("3 bytes") && e.message.contains("2 bytes"), "{e}");
+        assert!(
+            e.message.contains("3 bytes") && e.message.contains("2 bytes"),
+            "{e}"
+        );
     }
 
     #[test]
     fn enums_and_decimals_explain_refusals() {
-        let e = write(&parsed(r#"{"type": "enum", "name": "E", "symbols": ["A", "B"]}"#), &json!("C"))
-            .unwrap_err();
-        assert!(e.message.contains("`C` is not a symbol of enum E (A, B)"), "{e}");
-        let price = parsed(r#"{"type": "bytes", "logicalType": "decimal", "precision": 4, "scale": 2}"#);
+        let e = write(
+            &parsed(r#"{"type": "enum", "name": "E", "symbols": ["A", "B"]}"#),
+            &json!("C"),
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("`C` is not a symbol of enum E (A, B)"),
+            "{e}"
+        );
+        let price =
+            parsed(r#"{"type": "bytes", "logicalType": "decimal", "precision": 4, "scale": 2}"#);
         assert_eq!(round_trip(&price, json!(12.5)), json!("12.50"));
-        assert!(write(&price, &json!("12.345")).unwrap_err().message.contains("scale"));
+        assert!(
+            write(&price, &json!("12.345"))
+                .unwrap_err()
+                .message
+                .contains("scale")
+        );
     }
 
     #[test]
     fn recursive_schemas_follow_references() {
-        let s = parsed(r#"{"type": "record", "name": "Node", "namespace": "t", "fields": [
+        let s = parsed(
+            r#"{"type": "record", "name": "Node", "namespace": "t", "fields": [
             {"name": "v", "type": "int"},
             {"name": "next", "type": ["null", "Node"], "default": null}
-        ]}"#);
+        ]}"#,
+        );
         let doc = json!({"v": 1, "next": {"v": 2, "next": null}});
         assert_eq!(round_trip(&s, doc.clone()), doc);
         let e = write(&s, &json!({"v": 1, "next": {"v": "x"}})).unwrap_err();

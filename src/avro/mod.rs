@@ -72,7 +72,10 @@ mod tests {
         let cases = [
             (SubjectStrategy::TopicName, "alerts-value"),
             (SubjectStrategy::RecordName, "org.millrace.Alert"),
-            (SubjectStrategy::TopicRecordName, "alerts-org.millrace.Alert"),
+            (
+                SubjectStrategy::TopicRecordName,
+                "alerts-org.millrace.Alert",
+            ),
         ];
         for (strategy, expected) in cases {
             assert_eq!(subject(strategy, "alerts", &record).unwrap(), expected);
@@ -105,7 +108,11 @@ mod tests {
                 .map(|f| f["name"].as_str().unwrap_or("?"))
                 .collect();
             assert!(json["doc"].is_string(), "{}: no record doc", path.display());
-            assert!(undocumented.is_empty(), "{}: {undocumented:?}", path.display());
+            assert!(
+                undocumented.is_empty(),
+                "{}: {undocumented:?}",
+                path.display()
+            );
             seen.push(schema.full_name().unwrap());
         }
         seen.sort();

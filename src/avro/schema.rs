@@ -33,7 +33,11 @@ impl ParsedSchema {
             .iter()
             .map(|(name, schema)| (name.clone(), (*schema).clone()))
             .collect::<HashMap<Name, Schema>>();
-        Ok(ParsedSchema { schema, names, text })
+        Ok(ParsedSchema {
+            schema,
+            names,
+            text,
+        })
     }
 
     /// The schema.
@@ -87,8 +91,10 @@ mod tests {
 
     #[test]
     fn bad_schemas_are_explained() {
-        let e = ParsedSchema::parse(r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "Missing"}]}"#)
-            .unwrap_err();
+        let e = ParsedSchema::parse(
+            r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "Missing"}]}"#,
+        )
+        .unwrap_err();
         assert!(e.starts_with("invalid Avro schema"), "{e}");
         assert!(ParsedSchema::parse("not json").is_err());
         assert_eq!(ParsedSchema::parse(r#""long""#).unwrap().full_name(), None);

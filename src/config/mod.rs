@@ -932,10 +932,16 @@ fn apply_registry_env(
         config.registry.get_or_insert_with(Default::default).url = url;
     }
     if let Some(user) = set(ENV_REGISTRY_USER) {
-        config.registry.get_or_insert_with(Default::default).username = Some(user);
+        config
+            .registry
+            .get_or_insert_with(Default::default)
+            .username = Some(user);
     }
     if let Some(password) = set(ENV_REGISTRY_PASSWORD) {
-        config.registry.get_or_insert_with(Default::default).password = Some(password);
+        config
+            .registry
+            .get_or_insert_with(Default::default)
+            .password = Some(password);
     }
     Ok(())
 }
@@ -1105,7 +1111,12 @@ sinks: {out: {topic: out}}
         let r = c.registry.expect("created by the environment");
         assert_eq!(r.url, "http://other:8081");
         assert_eq!(r.username.as_deref(), Some("ops"));
-        assert!(parse(MINIMAL, Path::new("p.yaml"), &no_env).unwrap().registry.is_none());
+        assert!(
+            parse(MINIMAL, Path::new("p.yaml"), &no_env)
+                .unwrap()
+                .registry
+                .is_none()
+        );
     }
 
     #[test]

@@ -319,8 +319,11 @@ http: {listen: "nowhere"}
             r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "int"}]}"#,
         )
         .unwrap();
-        std::fs::write(&bad, r#"{"type": "record", "name": "R", "fields": [{"name": "a"}]}"#)
-            .unwrap();
+        std::fs::write(
+            &bad,
+            r#"{"type": "record", "name": "R", "fields": [{"name": "a"}]}"#,
+        )
+        .unwrap();
         std::fs::write(&primitive, r#""string""#).unwrap();
         let found = issues(&format!(
             r#"

@@ -33,10 +33,10 @@ pub use clients::admin as admin_client_config;
 use rebalance::{EosContext, lock};
 use transaction::{DeliveryLog, Transaction, TxnError};
 
+use crate::avro::RegisterError;
 use crate::config::{Guarantee, PipelineConfig};
 use crate::metrics::Metrics;
 use crate::ops::Health;
-use crate::avro::RegisterError;
 use crate::pipeline::{Failure, FailureReason, Output, Pipeline, ProcessError};
 use crate::state::manager::{StateManager, changelog_topic};
 use crate::state::rocks::StateEnv;
@@ -485,10 +485,7 @@ impl Worker<'_> {
             )
             .context("moving a paused partition back to the record that waits")?;
         self.metrics.registry_waits.inc();
-        if self
-            .held
-            .insert((origin.topic.clone(), origin.partition))
-        {
+        if self.held.insert((origin.topic.clone(), origin.partition)) {
             debug!(
                 topic = %origin.topic,
                 partition = origin.partition,
