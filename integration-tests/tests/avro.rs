@@ -208,9 +208,9 @@ enum Expect {
     Random,
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn malformed_records_go_to_the_dead_letter_topic_while_good_ones_flow() -> anyhow::Result<()>
-{
+#[test]
+fn malformed_records_go_to_the_dead_letter_topic_while_good_ones_flow() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
     let registry = Registry::start()?;
     let (input, out, dead, group) = (
         unique("avro-bad-in"),
@@ -218,7 +218,7 @@ async fn malformed_records_go_to_the_dead_letter_topic_while_good_ones_flow() ->
         unique("avro-bad-dead"),
         unique("avro-bad"),
     );
-    create_topics(&[(&input, 2), (&out, 2), (&dead, 1)]).await?;
+    rt.block_on(create_topics(&[(&input, 2), (&out, 2), (&dead, 1)]))?;
     let id = registry
         .client()
         .register(&format!("{input}-value"), READING_V1)?;
@@ -283,7 +283,7 @@ async fn malformed_records_go_to_the_dead_letter_topic_while_good_ones_flow() ->
         .iter()
         .map(|(k, v, _)| (Some(k.clone()), v.clone()))
         .collect();
-    produce(&producer(), &input, &batch).await?;
+    rt.block_on(produce(&producer(), &input, &batch))?;
 
     let schemas = schema_files(&[("reading.avsc", READING_V1)])?;
     let m = Millrace::start(&format!(
@@ -371,8 +371,9 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn two_writer_versions_decode_with_the_reader_schema() -> anyhow::Result<()> {
+#[test]
+fn two_writer_versions_decode_with_the_reader_schema() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
     let registry = Registry::start()?;
     let (input, out, dead, group) = (
         unique("avro-evo-in"),
@@ -380,7 +381,7 @@ async fn two_writer_versions_decode_with_the_reader_schema() -> anyhow::Result<(
         unique("avro-evo-dead"),
         unique("avro-evo"),
     );
-    create_topics(&[(&input, 3), (&out, 3), (&dead, 1)]).await?;
+    rt.block_on(create_topics(&[(&input, 3), (&out, 3), (&dead, 1)]))?;
     let client = registry.client();
     let subject = format!("{input}-value");
     let id1 = client.register(&subject, READING_V1)?;
@@ -399,7 +400,7 @@ async fn two_writer_versions_decode_with_the_reader_schema() -> anyhow::Result<(
             (Some(format!("dev-{i}")), bytes.expect("encodes"))
         })
         .collect();
-    produce(&producer(), &input, &batch).await?;
+    rt.block_on(produce(&producer(), &input, &batch))?;
 
     let schemas = schema_files(&[("reading.avsc", READING_V2), ("status.avsc", STATUS)])?;
     let m = Millrace::start(&format!(
@@ -443,8 +444,9 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_registry_outage_holds_records_back_instead_of_dead_lettering() -> anyhow::Result<()> {
+#[test]
+fn a_registry_outage_holds_records_back_instead_of_dead_lettering() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
     let mut registry = Registry::start()?;
     let (input, out, dead, group) = (
         unique("avro-down-in"),
@@ -452,7 +454,7 @@ async fn a_registry_outage_holds_records_back_instead_of_dead_lettering() -> any
         unique("avro-down-dead"),
         unique("avro-down"),
     );
-    create_topics(&[(&input, 2), (&out, 2), (&dead, 1)]).await?;
+    rt.block_on(create_topics(&[(&input, 2), (&out, 2), (&dead, 1)]))?;
     let client = registry.client();
     let subject = format!("{input}-value");
     let id1 = client.register(&subject, READING_V1)?;
@@ -483,7 +485,7 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
             )
         })
         .collect();
-    produce_to(&producer(), &input, &first).await?;
+    rt.block_on(produce_to(&producer(), &input, &first))?;
     wait_caught_up(&m, &group, &input)?;
 
     registry.kill()?;
@@ -499,7 +501,7 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
             (format!("dev-{i}"), partition, bytes.expect("encodes"))
         })
         .collect();
-    produce_to(&producer(), &input, &second).await?;
+    rt.block_on(produce_to(&producer(), &input, &second))?;
 
     // Partition 1 flows; partition 0 waits, and nothing is dead-lettered.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -562,8 +564,87 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn confluent_python_client_round_trips_through_a_pipeline() -> anyhow::Result<()> {
+#[test]
+fn without_a_registry_records_wait_and_sigterm_still_stops_cleanly() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let (input, out, dead, group) = (
+        unique("avro-none-in"),
+        unique("avro-none-out"),
+        unique("avro-none-dead"),
+        unique("avro-none"),
+    );
+    rt.block_on(create_topics(&[(&input, 2), (&out, 2), (&dead, 1)]))?;
+    // Nothing listens on this port: every schema lookup fails.
+    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let mut m = Millrace::start(&format!(
+        r#"
+pipeline: {group}
+kafka: {{group_id: {group}, instance_id: it-{group}}}
+registry: {{url: "{unreachable}"}}
+sources: [{{topic: {input}, format: avro}}]
+sinks: {{out: {{topic: {out}}}}}
+dead_letter: {{topic: {dead}}}
+http: {{listen: "127.0.0.1:{{ops_port}}"}}
+"#,
+    ))?;
+    m.wait_ready(Duration::from_secs(60))?;
+    // Partition 0: framed records, which need the registry. Partition 1:
+    // JSON written to the Avro topic by mistake, which does not.
+    let framed = Encoder::new(parsed(READING_V1), 1);
+    let records: Vec<(String, i32, Vec<u8>)> = (0..40)
+        .map(|i| {
+            if i % 2 == 0 {
+                (
+                    format!("dev-{i}"),
+                    0,
+                    framed.encode(&reading(i, 1)).expect("encodes"),
+                )
+            } else {
+                let json = serde_json::to_vec(&reading(i, 1)).expect("JSON");
+                (format!("dev-{i}"), 1, json)
+            }
+        })
+        .collect();
+    rt.block_on(produce_to(&producer(), &input, &records))?;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_committed(&dead)?.len() < 20 {
+        if Instant::now() > deadline {
+            bail!(
+                "the JSON records were not dead-lettered; log:\n{}",
+                m.log_tail(60)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let dead_letters = read_committed(&dead)?;
+    assert_eq!(
+        dead_letters.len(),
+        20,
+        "only the JSON records are dead letters"
+    );
+    for msg in &dead_letters {
+        assert_eq!(msg.partition(), 0, "one dead-letter partition");
+        assert_eq!(header_map(msg)["millrace.reason"], "wrong_magic");
+        assert_eq!(header_map(msg)["millrace.source.partition"], "1");
+    }
+    assert!(
+        read_committed(&out)?.is_empty(),
+        "nothing decoded without the registry"
+    );
+    assert!(m.metric("millrace_registry_unavailable_total")? >= 2.0);
+    assert!(
+        !group_caught_up(&group, &input),
+        "the waiting records are not committed"
+    );
+    m.stop_cleanly()?;
+    Ok(())
+}
+
+#[test]
+fn confluent_python_client_round_trips_through_a_pipeline() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
     let Some(python) = python_with_confluent_kafka() else {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             bail!("python3 with confluent-kafka is required in CI (.ci/run installs it)");
@@ -578,7 +659,7 @@ async fn confluent_python_client_round_trips_through_a_pipeline() -> anyhow::Res
         unique("avro-py-dead"),
         unique("avro-py"),
     );
-    create_topics(&[(&input, 2), (&out, 2), (&dead, 1)]).await?;
+    rt.block_on(create_topics(&[(&input, 2), (&out, 2), (&dead, 1)]))?;
     let count = 100;
     let script = repo_root().join("integration-tests/python/avro_roundtrip.py");
     let run = |step: &str| -> anyhow::Result<String> {
