@@ -692,4 +692,57 @@ sinks:
             "{result:?}"
         );
     }
+
+    #[test]
+    fn the_avro_example_turns_readings_into_alerts() {
+        // Paths in the example are relative to the repository root, where
+        // unit tests run.
+        let config = crate::config::load(Path::new("config/vitals-alerts-avro.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut p = Pipeline::build(&config).unwrap_or_else(|e| panic!("{e:?}"));
+        let reading = avro::load_schema(Path::new("schemas/vitals-reading.avsc")).unwrap();
+        let alert = avro::load_schema(Path::new("schemas/alert.avsc")).unwrap();
+        p.schemas.insert(1, reading.clone());
+        for sink in &mut p.sinks {
+            if let ValueEncoder::Avro(a) = &mut sink.encoder {
+                a.encoder = Some(avro::Encoder::new(a.schema.clone(), 2));
+            }
+        }
+        let input = avro::Encoder::new(reading, 1)
+            .encode(&serde_json::json!({
+                "device": "bed-7", "ts": 1_767_225_600_000i64, "seq": 41, "hr": 152,
+                "spo2": 97, "temp_c": 36.6, "resp_rate": null, "battery": 0.81
+            }))
+            .unwrap();
+        let origin = Origin {
+            topic: "vitals-avro".into(),
+            partition: 0,
+            offset: 0,
+        };
+        let out = p
+            .process(
+                &origin,
+                None,
+                Some(&input),
+                None,
+                &mut crate::state::NoStores { task: 0 },
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].key.as_deref(), Some(&b"bed-7"[..]));
+        let mut schemas = SchemaCache::new(None);
+        schemas.insert(2, alert);
+        let back = avro::Decoder::new(None)
+            .decode(&out[0].payload, &mut schemas)
+            .unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({
+                "device": "bed-7", "ts": 1_767_225_600_000i64, "kind": "TACHYCARDIA",
+                "severity": "WARNING", "value": 152.0, "threshold": 140.0,
+                "message": "heart rate 152 bpm outside 40-140 bpm"
+            })
+        );
+    }
 }
