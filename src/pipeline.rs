@@ -8,14 +8,16 @@
 use std::fmt;
 use std::time::Duration;
 
+use serde_json::Value as Json;
+
 use tracing::info;
 
 use crate::avro::{self, RegisterError, SchemaCache};
-use crate::config::{Format, PipelineConfig, SinkConfig, SourceConfig};
+use crate::config::{Format, PipelineConfig, SinkConfig, SourceConfig, StartPosition, StepConfig};
 use crate::expr::{Expr, Scope, json_to_key};
 use crate::format::{AvroSink, DecodeFailure, ValueDecoder, ValueEncoder};
 use crate::state::{StateError, TaskStores};
-use crate::steps::{self, Operator, Origin, Record, StepContext, StepError};
+use crate::steps::{self, Operator, Origin, Record, StepContext, StepError, join};
 
 /// A record ready to produce.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,12 +120,68 @@ struct Sink {
     encoder: ValueEncoder,
 }
 
+/// The tables of a config, checked: each is named validly and read from
+/// the start; each `join` names one and does not follow a `rekey` (the
+/// table is partitioned by the key as read).
+fn tables(config: &PipelineConfig, issues: &mut Vec<BuildIssue>) -> Vec<(String, String)> {
+    let mut tables: Vec<(String, String)> = Vec::new();
+    for (i, source) in config.sources.iter().enumerate() {
+        let Some(name) = &source.table else { continue };
+        match join::table_store(name) {
+            Ok(store) if tables.iter().any(|(_, t)| *t == store) => issues.push((
+                format!("sources[{i}].table"),
+                format!("table `{store}` is fed by two sources"),
+            )),
+            Ok(store) => tables.push((source.topic.clone(), store)),
+            Err(e) => issues.push((format!("sources[{i}].table"), e)),
+        }
+        if source.start != StartPosition::Earliest {
+            issues.push((
+                format!("sources[{i}].start"),
+                "a table is read from the earliest offset; remove `start`".to_string(),
+            ));
+        }
+    }
+    let mut rekeyed = false;
+    for (i, step) in config.steps.iter().enumerate() {
+        match step {
+            StepConfig::Rekey(_) => rekeyed = true,
+            StepConfig::Join(j) => {
+                if !tables.iter().any(|(_, t)| *t == j.table) {
+                    let known: Vec<&str> = tables.iter().map(|(_, t)| t.as_str()).collect();
+                    issues.push((
+                        format!("steps[{i}].join.table"),
+                        format!(
+                            "no source feeds a table named `{}` (tables: {}); add `table: {}` to its source",
+                            j.table,
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") },
+                            j.table
+                        ),
+                    ));
+                }
+                if rekeyed {
+                    issues.push((
+                        format!("steps[{i}].join"),
+                        "a join looks up the key as read (the table is partitioned by it); \
+                         move the `rekey` after the join"
+                            .to_string(),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    tables
+}
+
 /// A built pipeline.
 pub struct Pipeline {
     scope: Scope,
     sources: Vec<Source>,
     steps: Vec<Box<dyn Operator>>,
     sinks: Vec<Sink>,
+    /// Sources that feed tables: (topic, table and store name).
+    tables: Vec<(String, String)>,
     dead_letter_topic: String,
     /// Writer schemas of Avro sources, by id.
     schemas: SchemaCache,
@@ -178,6 +236,7 @@ impl Pipeline {
                 encoder,
             });
         }
+        let tables = tables(config, &mut issues);
         // Indices line up with `config.steps` only when every step built.
         let built_all = steps_built.len() == config.steps.len();
         for (i, name) in steps::duplicate_stores(&steps_built)
@@ -190,10 +249,24 @@ impl Pipeline {
                 format!("store name `{name}` is already used by an earlier step"),
             ));
         }
+        if built_all {
+            let step_stores: Vec<String> = steps_built.iter().flat_map(|s| s.stores()).collect();
+            for (i, source) in config.sources.iter().enumerate() {
+                if let Some(table) = &source.table
+                    && step_stores.contains(table)
+                {
+                    issues.push((
+                        format!("sources[{i}].table"),
+                        format!("`{table}` is also the store name of a step; rename one"),
+                    ));
+                }
+            }
+        }
         if !issues.is_empty() {
             return Err(issues);
         }
         Ok(Pipeline {
+            tables,
             scope: Scope::default(),
             sources,
             steps: steps_built,
@@ -253,9 +326,78 @@ impl Pipeline {
         topics
     }
 
-    /// Names of every state store the steps use.
+    /// Names of every state store: the steps' and the tables'.
     pub fn stores(&self) -> Vec<String> {
-        self.steps.iter().flat_map(|s| s.stores()).collect()
+        let mut stores: Vec<String> = self.steps.iter().flat_map(|s| s.stores()).collect();
+        stores.extend(self.tables.iter().map(|(_, table)| table.clone()));
+        stores
+    }
+
+    /// The topics that feed tables.
+    pub fn table_topics(&self) -> Vec<String> {
+        self.tables.iter().map(|(topic, _)| topic.clone()).collect()
+    }
+
+    /// Applies a record of a table's topic to the table's store. Tables
+    /// produce no output.
+    fn update_table(
+        &mut self,
+        table: &str,
+        origin: &Origin,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        stores: &mut dyn TaskStores,
+    ) -> Result<Result<Vec<Output>, Failure>, ProcessError> {
+        let at = format!("table {table} (source {})", origin.topic);
+        let Some(key) = key else {
+            return Ok(Err(Failure {
+                reason: FailureReason::Decode,
+                at,
+                message: "a table record needs a key (the row it sets)".to_string(),
+            }));
+        };
+        let row = match payload {
+            // A tombstone deletes the row.
+            None => None,
+            Some(_) => match self.decode(origin, payload, &at)? {
+                Ok(value) => Some(value),
+                Err(failure) => return Ok(Err(failure)),
+            },
+        };
+        join::apply_table_record(stores.store(table)?, key, row.as_ref());
+        Ok(Ok(Vec::new()))
+    }
+
+    /// Decodes a consumed value with its source's decoder; `at` says where
+    /// in a failure.
+    fn decode(
+        &mut self,
+        origin: &Origin,
+        payload: Option<&[u8]>,
+        at: &str,
+    ) -> Result<Result<Json, Failure>, ProcessError> {
+        let failure = |reason, message| {
+            Ok(Err(Failure {
+                reason,
+                at: at.to_string(),
+                message,
+            }))
+        };
+        // The subscription is the sources, so this only guards against a
+        // caller feeding records from elsewhere.
+        let Some(source) = self.sources.iter().find(|s| s.config.topic == origin.topic) else {
+            return failure(
+                FailureReason::Decode,
+                "not a source topic of this pipeline".into(),
+            );
+        };
+        match source.decoder.decode(payload, &mut self.schemas) {
+            Ok(value) => Ok(Ok(value)),
+            Err(DecodeFailure::Record { reason, message }) => failure(reason, message),
+            Err(DecodeFailure::RegistryUnavailable { message, retry_in }) => {
+                Err(ProcessError::RegistryUnavailable { message, retry_in })
+            }
+        }
     }
 
     /// Runs one consumed record through the steps and encodes what comes out
@@ -270,28 +412,18 @@ impl Pipeline {
         timestamp: Option<i64>,
         stores: &mut dyn TaskStores,
     ) -> Result<Result<Vec<Output>, Failure>, ProcessError> {
-        let at = || format!("source {}", origin.topic);
-        // The subscription is the sources, so this only guards against a
-        // caller feeding records from elsewhere.
-        let Some(source) = self.sources.iter().find(|s| s.config.topic == origin.topic) else {
-            return Ok(Err(Failure {
-                reason: FailureReason::Decode,
-                at: at(),
-                message: "not a source topic of this pipeline".into(),
-            }));
-        };
-        let value = match source.decoder.decode(payload, &mut self.schemas) {
+        if let Some(table) = self
+            .tables
+            .iter()
+            .find(|(t, _)| *t == origin.topic)
+            .map(|(_, table)| table.clone())
+        {
+            return self.update_table(&table, origin, key, payload, stores);
+        }
+        let at = format!("source {}", origin.topic);
+        let value = match self.decode(origin, payload, &at)? {
             Ok(value) => value,
-            Err(DecodeFailure::Record { reason, message }) => {
-                return Ok(Err(Failure {
-                    reason,
-                    at: at(),
-                    message,
-                }));
-            }
-            Err(DecodeFailure::RegistryUnavailable { message, retry_in }) => {
-                return Err(ProcessError::RegistryUnavailable { message, retry_in });
-            }
+            Err(failure) => return Ok(Err(failure)),
         };
         let mut records = vec![Record {
             key: key.map(<[u8]>::to_vec),
@@ -373,8 +505,13 @@ impl Pipeline {
                 .as_ref()
                 .map(|s| format!(", reader schema {}", s.display()))
                 .unwrap_or_default();
+            let table = source
+                .table
+                .as_ref()
+                .map(|t| format!(" -> table {t}"))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "  source  {} ({}{schema}, start {})\n",
+                "  source  {} ({}{schema}, start {}){table}\n",
                 source.topic, source.format, source.start
             ));
         }
@@ -744,5 +881,101 @@ sinks:
                 "message": "heart rate 152 bpm outside 40-140 bpm"
             })
         );
+    }
+
+    const JOINED: &str = r#"
+pipeline: p
+sources:
+  - {topic: in}
+  - {topic: devices-topic, table: devices}
+steps:
+  - join: {table: devices, into: device}
+sinks: {out: {topic: out}}
+"#;
+
+    fn process_from(
+        p: &mut Pipeline,
+        stores: &mut crate::state::MemStores,
+        topic: &str,
+        key: &[u8],
+        payload: Option<&[u8]>,
+    ) -> Result<Vec<Output>, Failure> {
+        let origin = Origin {
+            topic: topic.into(),
+            partition: 0,
+            offset: 1,
+        };
+        p.process(&origin, Some(key), payload, Some(5), stores)
+            .expect("memory stores do not fail")
+    }
+
+    #[test]
+    fn table_records_fill_the_table_and_joins_read_it() {
+        let mut p = pipeline(JOINED);
+        assert_eq!(p.stores(), ["devices"]);
+        assert_eq!(p.table_topics(), ["devices-topic"]);
+        let mut stores = crate::state::MemStores::default();
+        let row = br#"{"ward": "A"}"#;
+        let out = process_from(&mut p, &mut stores, "devices-topic", b"d1", Some(row));
+        assert!(out.expect("applied").is_empty(), "tables produce nothing");
+        let out =
+            process_from(&mut p, &mut stores, "in", b"d1", Some(br#"{"hr": 61}"#)).expect("joined");
+        let value: serde_json::Value = serde_json::from_slice(&out[0].payload).expect("json");
+        assert_eq!(
+            value,
+            serde_json::json!({"hr": 61, "device": {"ward": "A"}})
+        );
+        // A tombstone deletes the row.
+        process_from(&mut p, &mut stores, "devices-topic", b"d1", None).expect("deleted");
+        let out =
+            process_from(&mut p, &mut stores, "in", b"d1", Some(br#"{"hr": 62}"#)).expect("joined");
+        let value: serde_json::Value = serde_json::from_slice(&out[0].payload).expect("json");
+        assert_eq!(value["device"], serde_json::Value::Null);
+        // A bad table record is a dead letter, and the table is unchanged.
+        let failure =
+            process_from(&mut p, &mut stores, "devices-topic", b"d2", Some(b"{oops")).unwrap_err();
+        assert_eq!(failure.reason, FailureReason::Decode);
+    }
+
+    #[test]
+    fn join_configuration_mistakes_are_named() {
+        let config = |yaml: &str| parse(yaml, Path::new("t.yaml"), &|_| None).expect("parses");
+        let issues = |yaml: &str| match Pipeline::build(&config(yaml)) {
+            Ok(_) => panic!("builds"),
+            Err(issues) => issues,
+        };
+        let found = issues(
+            r#"
+pipeline: p
+sources: [{topic: in}, {topic: t, table: devices, start: latest}]
+steps:
+  - rekey: value.other
+  - join: {table: devicez}
+  - join: {table: devices}
+sinks: {out: {topic: out}}
+"#,
+        );
+        let paths: Vec<&str> = found.iter().map(|(path, _)| path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "sources[1].start",
+                "steps[1].join.table",
+                "steps[1].join",
+                "steps[2].join"
+            ],
+            "{found:?}"
+        );
+        assert!(found[1].1.contains("tables: devices"), "{found:?}");
+        let found = issues(
+            r#"
+pipeline: p
+sources: [{topic: in}, {topic: t, table: dedup-0}]
+steps:
+  - dedup: {id: value.id, ttl: 1m}
+sinks: {out: {topic: out}}
+"#,
+        );
+        assert_eq!(found[0].0, "sources[1].table", "{found:?}");
     }
 }

@@ -93,6 +93,13 @@ pub async fn reset(
             bail!("topic {} does not exist", source.topic);
         }
         for p in 0..partitions {
+            // Tables are rebuilt whole (their stores are deleted with the
+            // rest of the state), so they always go back to the start.
+            if source.table.is_some() {
+                let low = consumer.fetch_watermarks(&source.topic, p, TIMEOUT)?.0;
+                target.add_partition_offset(&source.topic, p, Offset::Offset(low))?;
+                continue;
+            }
             let offset = match to {
                 ResetTo::Position(StartPosition::Earliest) => {
                     Offset::Offset(consumer.fetch_watermarks(&source.topic, p, TIMEOUT)?.0)

@@ -28,8 +28,12 @@ mod codec;
 mod datum;
 #[path = "../../src/avro/decimal.rs"]
 mod decimal;
+#[path = "../../src/avro/depth.rs"]
+mod depth;
 #[path = "../../src/avro/json.rs"]
 mod json;
+#[path = "../../src/avro/resolve.rs"]
+mod resolve;
 #[path = "../../src/avro/schema.rs"]
 mod schema;
 #[path = "../../src/avro/wire.rs"]

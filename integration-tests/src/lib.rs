@@ -10,6 +10,8 @@
 //! Every test makes its own topics with [`unique`] names, so tests run in
 //! parallel against one broker.
 
+pub mod bench;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpListener;
@@ -430,6 +432,11 @@ impl Millrace {
             );
         }
         Ok(())
+    }
+
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
     }
 
     /// Whether the process is still running.

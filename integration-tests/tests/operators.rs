@@ -1,6 +1,7 @@
 //! Stateful steps on the real broker, one behaviour each: late records go
 //! to the dead-letter topic, dedup forgets ids after their TTL, a record
-//! bridging two sessions merges them.
+//! bridging two sessions merges them, reduce keeps running totals across a
+//! SIGKILL and starts stale keys afresh.
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ fn base() -> i64 {
 }
 
 struct Run {
+    input: String,
     output: String,
     dead: String,
     millrace: Millrace,
@@ -65,6 +67,7 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
         dir = state.path().display()
     );
     Ok(Run {
+        input,
         output,
         dead,
         millrace: Millrace::start(&yaml)?,
@@ -178,5 +181,55 @@ fn a_bridging_record_merges_two_sessions() -> anyhow::Result<()> {
     assert_eq!((v["end"].as_i64().unwrap_or(-1) - r.base) / 1_000, 17);
     assert_eq!(v["count"].as_i64(), Some(4));
     assert!(read_committed(&r.dead)?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn reduce_keeps_running_totals_across_a_kill_and_restarts_stale_keys() -> anyhow::Result<()> {
+    let v = |n: i64| serde_json::json!({ "v": n });
+    let mut r = run(
+        "reduce",
+        "  - reduce: {value: value.v, aggregates: [count, sum], ttl: 10s, time: value.t}",
+        &[("a", 0, v(1)), ("a", 2, v(2)), ("b", 3, v(5))],
+    )?;
+    wait_for(&r.output, 3, &r.millrace)?;
+    // The totals so far are committed; a SIGKILL must not lose them.
+    r.millrace.kill()?;
+    r.millrace.restart()?;
+    let later: Vec<(String, i32, Vec<u8>)> =
+        [("a", 15, 3), ("b", 16, 1), ("a", 20, 4), ("b", 21, 2)]
+            .iter()
+            .map(|(key, seconds, n)| {
+                let value = serde_json::json!({"t": r.base + seconds * 1_000, "v": n});
+                (key.to_string(), 0, value.to_string().into_bytes())
+            })
+            .collect();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(produce_to(&producer(), &r.input, &later))?;
+    let out = wait_for(&r.output, 7, &r.millrace)?;
+    let totals: Vec<(String, i64, f64)> = out
+        .iter()
+        .map(|m| {
+            let v = json(m);
+            (
+                v["key"].as_str().unwrap_or_default().to_string(),
+                v["count"].as_i64().unwrap_or(-1),
+                v["sum"].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, i64, f64)> = [
+        ("a", 1, 1.0),
+        ("a", 2, 3.0),
+        ("b", 1, 5.0),
+        ("a", 1, 3.0), // last update at 2 s, ttl 10 s: stale at 15 s, afresh
+        ("b", 1, 1.0), // last at 3 s: stale at 16 s
+        ("a", 2, 7.0), // continues from 15 s
+        ("b", 2, 3.0),
+    ]
+    .iter()
+    .map(|(k, c, s)| (k.to_string(), *c, *s))
+    .collect();
+    assert_eq!(totals, expected, "log:\n{}", r.millrace.log_tail(20));
     Ok(())
 }

@@ -327,6 +327,42 @@ mod tests {
     }
 
     #[test]
+    fn deep_recursive_values_decode_on_a_small_stack_or_are_refused() {
+        const LIST: &str = r#"{"type": "record", "name": "List", "fields": [
+            {"name": "v", "type": "long"},
+            {"name": "next", "type": ["null", "List"], "default": null}
+        ]}"#;
+        fn list(len: usize) -> Json {
+            (0..len).fold(Json::Null, |next, v| json!({"v": v, "next": next}))
+        }
+        // The processing thread has Rust's default 2 MiB stack; this runs
+        // the whole path (scan, decode, resolve, JSON) in a debug build.
+        let outcome = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(|| {
+                let mut registry = Registry::default();
+                let deepest = write(LIST, 1, &mut registry, list(16));
+                let deeper = write(LIST, 1, &mut registry, list(17));
+                let decoder = Decoder::new(Some(parsed(LIST)));
+                (
+                    decoder.decode(&deepest, &mut registry),
+                    decoder.decode(&deeper, &mut registry),
+                )
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(outcome.0, Ok(list(16)));
+        match outcome.1 {
+            Err(DecodeError::Record {
+                problem: Problem::Corrupt,
+                message,
+            }) => assert!(message.contains("nests deeper than 32"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn encode_errors_name_the_field() {
         let encoder = Encoder::new(parsed(V1), 1);
         let e = encoder

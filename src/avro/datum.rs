@@ -11,6 +11,8 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 
+use super::depth::{self, MAX_DEPTH};
+use super::resolve;
 use super::schema::ParsedSchema;
 
 /// Largest allocation one length prefix in a body may ask for (a string,
@@ -40,13 +42,19 @@ pub fn bound_allocations() {
 }
 
 /// Decodes a body written with `writer`; with a `reader` schema, resolves
-/// the value to it by Avro's schema-resolution rules.
+/// the value to it by Avro's schema-resolution rules. Values of recursive
+/// schemas may nest at most [`MAX_DEPTH`] levels (see [`depth`]).
 pub fn decode(
     body: &[u8],
     writer: &ParsedSchema,
     reader: Option<&ParsedSchema>,
 ) -> Result<Value, BodyError> {
     bound_allocations();
+    if writer.has_references() && depth::too_deep(body, writer.schema(), writer.names()) {
+        return Err(BodyError::Corrupt(format!(
+            "the value nests deeper than {MAX_DEPTH} levels"
+        )));
+    }
     let datum_reader = GenericDatumReader::builder(writer.schema())
         .build()
         .map_err(|e| BodyError::Corrupt(format!("unusable writer schema: {e}")))?;
@@ -73,13 +81,11 @@ pub fn decode(
     }
     match reader {
         None => Ok(value),
-        Some(reader) => value
-            .resolve_with_names(reader.schema(), reader.names())
-            .map_err(|e| {
-                BodyError::Incompatible(format!(
-                    "the writer schema does not resolve to the reader schema: {e}"
-                ))
-            }),
+        Some(reader) => resolve::resolve(value, writer, reader).map_err(|e| {
+            BodyError::Incompatible(format!(
+                "the writer schema does not resolve to the reader schema: {e}"
+            ))
+        }),
     }
 }
 

@@ -37,16 +37,17 @@ use serde_json::{Map, Number, Value as Json};
 
 use super::decimal;
 
-/// A JSON value that does not fit the sink's schema, and where.
+/// A value that does not fit a schema (a JSON document a sink writes, or a
+/// value being resolved), and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodeError {
+pub struct FieldError {
     /// Dotted path of the field (`vitals.hr`, `samples[3]`); empty for the
     /// value itself.
     pub path: String,
     pub message: String,
 }
 
-impl fmt::Display for EncodeError {
+impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.path.is_empty() {
             f.write_str(&self.message)
@@ -56,11 +57,11 @@ impl fmt::Display for EncodeError {
     }
 }
 
-impl std::error::Error for EncodeError {}
+impl std::error::Error for FieldError {}
 
-impl EncodeError {
-    fn new(message: impl Into<String>) -> EncodeError {
-        EncodeError {
+impl FieldError {
+    pub(crate) fn new(message: impl Into<String>) -> FieldError {
+        FieldError {
             path: String::new(),
             message: message.into(),
         }
@@ -68,7 +69,7 @@ impl EncodeError {
 
     /// Errors are located on the way back up, so a value that fits costs no
     /// path bookkeeping.
-    fn in_field(mut self, name: &str) -> EncodeError {
+    pub(crate) fn in_field(mut self, name: &str) -> FieldError {
         self.path = match self.path.as_str() {
             "" => name.to_string(),
             p if p.starts_with('[') => format!("{name}{p}"),
@@ -77,7 +78,7 @@ impl EncodeError {
         self
     }
 
-    fn in_item(mut self, index: usize) -> EncodeError {
+    pub(crate) fn in_item(mut self, index: usize) -> FieldError {
         self.path = match self.path.as_str() {
             "" => format!("[{index}]"),
             p if p.starts_with('[') => format!("[{index}]{p}"),
@@ -99,12 +100,28 @@ pub fn from_json<S: Borrow<Schema>>(
     json: &Json,
     schema: &Schema,
     names: &HashMap<Name, S>,
-) -> Result<Value, EncodeError> {
+) -> Result<Value, FieldError> {
     FromJson {
         names,
         defaults: false,
     }
     .convert(json, schema, None)
+}
+
+/// The value of a field's `default`, written in Avro's JSON encoding
+/// (`bytes` and `fixed` as strings of code points 0-255, a union's default
+/// for its first branch).
+pub fn default_value<S: Borrow<Schema>>(
+    json: &Json,
+    schema: &Schema,
+    names: &HashMap<Name, S>,
+    namespace: NamespaceRef,
+) -> Result<Value, FieldError> {
+    FromJson {
+        names,
+        defaults: true,
+    }
+    .convert(json, schema, namespace)
 }
 
 /// Follows a reference to a named type; other schemas are returned as is.
@@ -252,16 +269,16 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
         json: &Json,
         schema: &Schema,
         namespace: NamespaceRef,
-    ) -> Result<Value, EncodeError> {
+    ) -> Result<Value, FieldError> {
         let Some((schema, namespace)) = deref(schema, self.names, namespace) else {
-            return Err(EncodeError::new(format!(
+            return Err(FieldError::new(format!(
                 "the schema refers to an unknown type {}",
                 type_name(schema)
             )));
         };
         let namespace = inner_namespace(schema, namespace);
         let mismatch = || {
-            EncodeError::new(format!(
+            FieldError::new(format!(
                 "expected {}, got {}",
                 type_name(schema),
                 describe(json)
@@ -293,7 +310,7 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
             Schema::Float => {
                 let f = double(json).ok_or_else(mismatch)?;
                 if f.is_finite() && f.abs() > f64::from(f32::MAX) {
-                    return Err(EncodeError::new(format!("{f} is out of range for float")));
+                    return Err(FieldError::new(format!("{f} is out of range for float")));
                 }
                 Value::Float(f as f32)
             }
@@ -303,7 +320,7 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
             Schema::Fixed(FixedSchema { size, .. }) => {
                 let bytes = self.bytes(json).ok_or_else(mismatch)??;
                 if bytes.len() != *size {
-                    return Err(EncodeError::new(format!(
+                    return Err(FieldError::new(format!(
                         "{} holds {} bytes, but {} is {size} bytes",
                         describe(json),
                         bytes.len(),
@@ -315,7 +332,7 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
             Schema::Enum(EnumSchema { symbols, .. }) => {
                 let symbol = json.as_str().ok_or_else(mismatch)?;
                 let index = symbols.iter().position(|s| s == symbol).ok_or_else(|| {
-                    EncodeError::new(format!(
+                    FieldError::new(format!(
                         "`{symbol}` is not a symbol of {} ({})",
                         type_name(schema),
                         symbols.join(", ")
@@ -352,28 +369,28 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
             }) => {
                 let text = decimal_text(json).ok_or_else(mismatch)?;
                 Value::Decimal(
-                    decimal::from_text(&text, *precision, *scale).map_err(EncodeError::new)?,
+                    decimal::from_text(&text, *precision, *scale).map_err(FieldError::new)?,
                 )
             }
             Schema::BigDecimal => {
                 let text = decimal_text(json).ok_or_else(mismatch)?;
-                Value::BigDecimal(decimal::big_from_text(&text).map_err(EncodeError::new)?)
+                Value::BigDecimal(decimal::big_from_text(&text).map_err(FieldError::new)?)
             }
             Schema::Uuid(_) => {
                 let text = json.as_str().ok_or_else(mismatch)?;
                 Value::Uuid(
                     Uuid::parse_str(text)
-                        .map_err(|e| EncodeError::new(format!("`{text}` is not a UUID: {e}")))?,
+                        .map_err(|e| FieldError::new(format!("`{text}` is not a UUID: {e}")))?,
                 )
             }
             Schema::Duration(_) => {
                 let object = json.as_object().ok_or_else(mismatch)?;
-                let part = |name: &str| -> Result<u32, EncodeError> {
+                let part = |name: &str| -> Result<u32, FieldError> {
                     let v = object.get(name).unwrap_or(&Json::Null);
                     v.as_u64()
                         .and_then(|n| u32::try_from(n).ok())
                         .ok_or_else(|| {
-                            EncodeError::new(format!(
+                            FieldError::new(format!(
                                 "expected a whole number from 0 to 4294967295, got {}",
                                 describe(v)
                             ))
@@ -396,9 +413,9 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
         record: &RecordSchema,
         namespace: NamespaceRef,
         schema: &Schema,
-    ) -> Result<Value, EncodeError> {
+    ) -> Result<Value, FieldError> {
         let object = json.as_object().ok_or_else(|| {
-            EncodeError::new(format!(
+            FieldError::new(format!(
                 "expected {}, got {}",
                 type_name(schema),
                 describe(json)
@@ -417,7 +434,7 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
                     None if admits_null(&field.schema, self.names, namespace) => {
                         self.convert(&Json::Null, &field.schema, namespace)
                     }
-                    None => Err(EncodeError::new(
+                    None => Err(FieldError::new(
                         "missing, and the schema gives it no default",
                     )),
                 },
@@ -435,7 +452,7 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
         json: &Json,
         union: &UnionSchema,
         namespace: NamespaceRef,
-    ) -> Result<Value, EncodeError> {
+    ) -> Result<Value, FieldError> {
         let variants = union.variants();
         let mut first_error = None;
         for (i, variant) in variants.iter().enumerate() {
@@ -461,7 +478,7 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
             (Some(e), [_]) if !json.is_null() => Err(e),
             _ => {
                 let names: Vec<String> = variants.iter().map(type_name).collect();
-                Err(EncodeError::new(format!(
+                Err(FieldError::new(format!(
                     "{} fits none of the union's types [{}]",
                     describe(json),
                     names.join(", ")
@@ -473,16 +490,16 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
     /// Bytes from base64 text or a list of byte values (or, for schema
     /// defaults, a string of code points 0-255). `None`: not a string or
     /// list; `Some(Err)`: one that does not hold bytes.
-    fn bytes(&self, json: &Json) -> Option<Result<Vec<u8>, EncodeError>> {
+    fn bytes(&self, json: &Json) -> Option<Result<Vec<u8>, FieldError>> {
         match json {
             Json::String(s) if self.defaults => Some(
                 s.chars()
                     .map(|c| u8::try_from(u32::from(c)))
                     .collect::<Result<Vec<u8>, _>>()
-                    .map_err(|_| EncodeError::new("a bytes default has characters above U+00FF")),
+                    .map_err(|_| FieldError::new("a bytes default has characters above U+00FF")),
             ),
             Json::String(s) => Some(BASE64.decode(s).map_err(|e| {
-                EncodeError::new(format!(
+                FieldError::new(format!(
                     "expected base64 bytes, got {}: {e}",
                     describe(json)
                 ))
@@ -495,7 +512,7 @@ impl<S: Borrow<Schema>> FromJson<'_, S> {
                         v.as_u64()
                             .and_then(|n| u8::try_from(n).ok())
                             .ok_or_else(|| {
-                                EncodeError::new(format!(
+                                FieldError::new(format!(
                                     "expected a byte value 0-255, got {}",
                                     describe(v)
                                 ))
@@ -632,7 +649,7 @@ mod tests {
         ParsedSchema::parse(text).unwrap()
     }
 
-    fn write(schema: &ParsedSchema, json: &Json) -> Result<Value, EncodeError> {
+    fn write(schema: &ParsedSchema, json: &Json) -> Result<Value, FieldError> {
         from_json(json, schema.schema(), schema.names())
     }
 

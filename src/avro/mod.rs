@@ -3,13 +3,13 @@
 //! Where to look:
 //! - [`wire`]: the framing (magic byte 0, big-endian schema id, body).
 //! - [`datum`]: Avro bodies: decode with the writer schema, resolve to the
-//!   reader schema, encode.
+//!   reader schema ([`resolve`]), encode; [`depth`] bounds their nesting.
 //! - [`json`]: Avro values to the JSON documents steps see, and back.
 //! - [`codec`]: those three put together for one source or sink.
 //! - [`cache`] and [`client`]: writer schemas by id from the registry, with
 //!   backoff while it is down; registration of sink schemas.
 //!
-//! `wire`, `schema`, `datum`, `decimal`, `json` and `codec` do no I/O and
+//! `wire`, `schema`, `datum`, `depth`, `resolve`, `decimal`, `json` and `codec` do no I/O and
 //! use nothing else of the crate, so the fuzz target (`fuzz/`) compiles
 //! them on their own.
 
@@ -18,7 +18,9 @@ pub mod client;
 pub mod codec;
 pub mod datum;
 mod decimal;
+pub mod depth;
 pub mod json;
+pub mod resolve;
 pub mod schema;
 pub mod wire;
 

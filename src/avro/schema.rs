@@ -16,6 +16,9 @@ pub struct ParsedSchema {
     schema: Schema,
     names: Names,
     text: String,
+    /// Whether the schema refers to a named type by name somewhere, which
+    /// recursive types (trees, lists) need.
+    has_references: bool,
 }
 
 impl ParsedSchema {
@@ -33,10 +36,12 @@ impl ParsedSchema {
             .iter()
             .map(|(name, schema)| (name.clone(), (*schema).clone()))
             .collect::<HashMap<Name, Schema>>();
+        let has_references = has_references(&schema);
         Ok(ParsedSchema {
             schema,
             names,
             text,
+            has_references,
         })
     }
 
@@ -50,6 +55,12 @@ impl ParsedSchema {
         &self.names
     }
 
+    /// Whether the schema refers to a named type by name. Only such a
+    /// schema can be recursive, so only its values can nest without bound.
+    pub fn has_references(&self) -> bool {
+        self.has_references
+    }
+
     /// The text the schema was parsed from (what is registered).
     pub fn text(&self) -> &str {
         &self.text
@@ -59,6 +70,17 @@ impl ParsedSchema {
     /// `None` for the others (a primitive, an array, a union...).
     pub fn full_name(&self) -> Option<String> {
         self.schema.name().map(|n| n.fullname(None))
+    }
+}
+
+fn has_references(schema: &Schema) -> bool {
+    match schema {
+        Schema::Ref { .. } => true,
+        Schema::Array(a) => has_references(&a.items),
+        Schema::Map(m) => has_references(&m.types),
+        Schema::Union(u) => u.variants().iter().any(has_references),
+        Schema::Record(r) => r.fields.iter().any(|f| has_references(&f.schema)),
+        _ => false,
     }
 }
 
@@ -87,6 +109,10 @@ mod tests {
         let mut names: Vec<String> = s.names().keys().map(|n| n.fullname(None)).collect();
         names.sort();
         assert_eq!(names, ["n.E", "n.Outer"]);
+        assert!(s.has_references());
+        let flat =
+            ParsedSchema::parse(r#"{"type": "array", "items": {"type": "map", "values": "long"}}"#);
+        assert!(!flat.unwrap().has_references());
     }
 
     #[test]

@@ -195,6 +195,15 @@ pub struct SourceConfig {
     /// or milliseconds since the epoch). Ignored once the group has committed.
     #[serde(default)]
     pub start: StartPosition,
+    /// Makes this source a table named so: its records are not processed by
+    /// the steps but keep the latest value per record key (a record without
+    /// a value deletes the key) in a state store of that name, which `join`
+    /// steps look up. Read it from a compacted topic co-partitioned with the
+    /// other sources. A task reads its table partitions up to their end
+    /// before its other sources, so a fresh start joins against the whole
+    /// table.
+    #[serde(default)]
+    pub table: Option<String>,
 }
 
 /// Record value encodings.
@@ -315,6 +324,8 @@ pub enum StepConfig {
     Dedup(DedupConfig),
     /// Running aggregate per key; see [`ReduceConfig`].
     Reduce(ReduceConfig),
+    /// Enrich with the latest value of a table; see [`JoinConfig`].
+    Join(JoinConfig),
 }
 
 impl StepConfig {
@@ -330,6 +341,7 @@ impl StepConfig {
             StepConfig::Window(_) => "window",
             StepConfig::Dedup(_) => "dedup",
             StepConfig::Reduce(_) => "reduce",
+            StepConfig::Join(_) => "join",
         }
     }
 }
@@ -445,6 +457,48 @@ pub struct DedupConfig {
     /// timestamp.
     #[serde(default)]
     pub time: Option<String>,
+}
+
+/// `join`: enriches each record with the latest value of a table (a source
+/// with `table:`) under the record's key.
+///
+/// ```yaml
+/// sources:
+///   - topic: readings
+///   - topic: devices        # compacted, keyed by device id
+///     table: devices
+/// steps:
+///   - join: {table: devices, into: device, missing: keep}
+/// ```
+///
+/// The lookup key is the record key as read, because a task only holds
+/// the table rows of its own partition: a `rekey` before a `join` is
+/// refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinConfig {
+    /// Name of the table (a source's `table`). Required.
+    pub table: String,
+    /// Field of the value (an object) that receives the table's value.
+    /// Default: the table's name.
+    #[serde(default)]
+    pub into: Option<String>,
+    /// What happens to a record whose key is not in the table: `keep`
+    /// (default; the field is set to null, a left join) or `drop` (an
+    /// inner join).
+    #[serde(default)]
+    pub missing: JoinMissing,
+}
+
+/// A `join`'s treatment of records without a table row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JoinMissing {
+    /// Pass the record on with the field set to null.
+    #[default]
+    Keep,
+    /// Drop the record.
+    Drop,
 }
 
 /// `reduce`: a running aggregate per record key, emitted on every record.

@@ -14,6 +14,7 @@
 mod clients;
 pub mod dead_letter;
 mod rebalance;
+mod tables;
 pub mod transaction;
 
 use std::collections::BTreeSet;
@@ -30,7 +31,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 pub use clients::admin as admin_client_config;
-use rebalance::{EosContext, lock};
+use rebalance::{EosContext, lock, lock_gate};
+use tables::TableGate;
 use transaction::{DeliveryLog, Transaction, TxnError};
 
 use crate::avro::RegisterError;
@@ -48,10 +50,12 @@ const POLL_WAIT: Duration = Duration::from_millis(20);
 /// Bytes librdkafka adds around a record; kept free under
 /// `message.max.bytes` when checking output sizes.
 const RECORD_OVERHEAD: usize = 512;
+/// Longest a task's streams wait for its tables to be read to the end.
+const TABLE_WAIT: Duration = Duration::from_secs(120);
+/// How long seeking a partition back may take.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait between two attempts to rebuild the clients.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Bound on moving a partition back to a held-back record.
-const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why one incarnation of the clients ended.
 enum Ended {
@@ -245,7 +249,20 @@ fn run_once(
     let txn = Arc::new(Mutex::new(Some(txn)));
 
     health.set_not_ready("joining the consumer group");
+    let table_topics = pipeline.table_topics();
+    let stream_topics = config
+        .sources
+        .iter()
+        .map(|s| s.topic.clone())
+        .filter(|t| !table_topics.contains(t))
+        .collect();
+    let tables = Arc::new(Mutex::new(TableGate::new(
+        table_topics,
+        stream_topics,
+        TABLE_WAIT,
+    )));
     let context = EosContext {
+        tables: tables.clone(),
         txn: txn.clone(),
         starts: config
             .sources
@@ -272,6 +289,7 @@ fn run_once(
         config,
         pipeline,
         txn: &txn,
+        tables: &tables,
         max_bytes: max_bytes.saturating_sub(RECORD_OVERHEAD),
         metrics,
         held: BTreeSet::new(),
@@ -301,6 +319,7 @@ struct Worker<'a> {
     config: &'a PipelineConfig,
     pipeline: &'a mut Pipeline,
     txn: &'a Mutex<Option<Transaction>>,
+    tables: &'a Mutex<TableGate>,
     max_bytes: usize,
     metrics: &'a Metrics,
     /// Partitions paused because a record of theirs waits for the schema
@@ -332,7 +351,24 @@ impl Worker<'_> {
             }
             match polled {
                 None => {}
-                Some(Ok(message)) => self.handle(consumer, &message)?,
+                Some(Ok(message)) => {
+                    let (topic, task, offset) =
+                        (message.topic(), message.partition(), message.offset());
+                    let held = lock_gate(self.tables).holds(topic, task);
+                    if held {
+                        // Fetched before its task paused for its tables:
+                        // read it again once the task is released.
+                        consumer
+                            .seek(topic, task, Offset::Offset(offset), SEEK_TIMEOUT)
+                            .with_context(|| format!("seeking {topic}/{task} back to {offset}"))?;
+                    } else {
+                        self.handle(consumer, &message)?;
+                        let mut gate = lock_gate(self.tables);
+                        if gate.is_waiting(task) {
+                            gate.read(consumer, topic, task, offset);
+                        }
+                    }
+                }
                 Some(Err(e)) => {
                     if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) {
                         bail!("consumer fatal error: {e}");
@@ -342,6 +378,7 @@ impl Worker<'_> {
                     warn!(error = %e, "consumer error");
                 }
             }
+            lock_gate(self.tables).check(consumer);
             let commit = &self.config.commit;
             let due = self.with_txn(|t| {
                 t.poll();
@@ -408,7 +445,7 @@ impl Worker<'_> {
             self.pipeline
                 .process(&origin, message.key(), message.payload(), timestamp, stores);
         let result = match processed {
-            Ok(result) => result.and_then(|outputs| check_sizes(outputs, self.max_bytes)),
+            Ok(result) => result.and_then(|outputs| check_outputs(outputs, self.max_bytes)),
             Err(ProcessError::State(e)) => return Err(e.into()),
             Err(ProcessError::RegistryUnavailable { message, retry_in }) => {
                 if let Some(state) = txn.state_mut() {
@@ -508,9 +545,15 @@ impl Worker<'_> {
         }
         self.resume_at = None;
         let mut tpl = TopicPartitionList::new();
+        let gate = lock_gate(self.tables);
         for (topic, partition) in std::mem::take(&mut self.held) {
-            tpl.add_partition(&topic, partition);
+            // A task waiting for its tables stays paused; the table gate
+            // resumes it.
+            if !gate.holds(&topic, partition) {
+                tpl.add_partition(&topic, partition);
+            }
         }
+        drop(gate);
         // A partition revoked meanwhile is not ours to resume; its next
         // owner starts at the committed offset, before the held record.
         if let Err(e) = consumer.resume(&tpl) {
@@ -519,11 +562,34 @@ impl Worker<'_> {
     }
 }
 
-/// Outputs too large for the producer go to the dead-letter topic instead
-/// (the broker would refuse them and the transaction would abort forever on
-/// the same record).
-fn check_sizes(outputs: Vec<Output>, max_bytes: usize) -> Result<Vec<Output>, Failure> {
+/// How far ahead of the clock an output's timestamp may be. Brokers refuse
+/// records beyond `message.timestamp.after.max.ms`, one hour by default
+/// since Kafka 4.0 (KIP-937).
+const MAX_TIMESTAMP_AHEAD_MS: i64 = 60 * 60 * 1_000;
+
+/// Outputs the broker would refuse — too large for the producer, or
+/// timestamped too far in the future — send the input record to the
+/// dead-letter topic instead; otherwise the transaction would abort forever
+/// on the same record. (The record's state writes are rolled back with it,
+/// so a window it would have closed closes with a later record.)
+fn check_outputs(outputs: Vec<Output>, max_bytes: usize) -> Result<Vec<Output>, Failure> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     for out in &outputs {
+        if let Some(t) = out.timestamp
+            && t > now + MAX_TIMESTAMP_AHEAD_MS
+        {
+            return Err(Failure {
+                reason: FailureReason::Encode,
+                at: format!("output to {}", out.topic),
+                message: format!(
+                    "the output's timestamp {t} is {} s ahead of the clock; brokers refuse \
+                     records more than an hour ahead (message.timestamp.after.max.ms)",
+                    (t - now) / 1_000
+                ),
+            });
+        }
         let size = out.payload.len() + out.key.as_ref().map_or(0, Vec::len);
         if size > max_bytes {
             return Err(Failure {
@@ -541,4 +607,35 @@ fn check_sizes(outputs: Vec<Output>, max_bytes: usize) -> Result<Vec<Output>, Fa
 /// Logs an error that ends the process.
 pub fn report_fatal(e: &anyhow::Error) {
     error!(error = %format!("{e:#}"), "pipeline stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn output(bytes: usize, timestamp: Option<i64>) -> Output {
+        Output {
+            topic: "out".into(),
+            key: None,
+            payload: vec![b'x'; bytes],
+            timestamp,
+        }
+    }
+
+    #[test]
+    fn outputs_a_broker_would_refuse_become_dead_letters() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        assert!(check_outputs(vec![output(10, Some(now)), output(10, None)], 100).is_ok());
+        let too_big = check_outputs(vec![output(101, Some(now))], 100).unwrap_err();
+        assert_eq!(too_big.reason, FailureReason::Encode);
+        assert!(too_big.message.contains("101 bytes"), "{}", too_big.message);
+        let ahead = check_outputs(vec![output(10, Some(now + 2 * 3_600_000))], 100).unwrap_err();
+        assert!(
+            ahead.message.contains("ahead of the clock"),
+            "{}",
+            ahead.message
+        );
+    }
 }

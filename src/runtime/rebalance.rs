@@ -16,6 +16,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{error, info, warn};
 
+use super::tables::TableGate;
 use super::transaction::Transaction;
 use crate::config::StartPosition;
 use crate::metrics::Metrics;
@@ -30,6 +31,12 @@ pub struct EosContext {
     pub starts: HashMap<String, StartPosition>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    pub tables: Arc<Mutex<TableGate>>,
+}
+
+/// Locks the table gate, surviving a poisoned lock.
+pub fn lock_gate(gate: &Mutex<TableGate>) -> MutexGuard<'_, TableGate> {
+    gate.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Locks the transaction slot, surviving a poisoned lock (a panic elsewhere
@@ -180,6 +187,7 @@ impl ConsumerContext for EosContext {
                 // Restore before processing: the loop polls (and so reads
                 // these partitions) only after this callback returns.
                 self.open_tasks(tpl);
+                lock_gate(&self.tables).assigned(consumer, tpl);
                 let total = consumer.assignment().map(|a| a.count()).unwrap_or(0);
                 self.metrics.assigned_partitions.set(total as i64);
                 info!(added = tpl.count(), total, "partitions assigned");
@@ -188,6 +196,7 @@ impl ConsumerContext for EosContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.commit_before_revoke(consumer);
                 self.close_tasks(tpl);
+                lock_gate(&self.tables).revoked(tpl);
                 for element in tpl.elements() {
                     let _ = self
                         .metrics

@@ -5,6 +5,7 @@
 
 pub mod aggregates;
 mod dedup;
+pub mod join;
 pub mod keys;
 mod reduce;
 mod stateful;
@@ -15,6 +16,7 @@ mod window;
 
 pub use aggregates::Aggregate;
 pub use dedup::Dedup;
+pub use join::Join;
 pub use reduce::Reduce;
 pub use stateless::{Filter, Map, Project, Rekey, Route, Set};
 pub use window::Window;
@@ -140,6 +142,7 @@ pub fn build(step: &StepConfig, index: usize) -> Result<Box<dyn Operator>, Strin
         StepConfig::Window(w) => Box::new(Window::new(w, index)?),
         StepConfig::Dedup(d) => Box::new(Dedup::new(d, index)?),
         StepConfig::Reduce(r) => Box::new(Reduce::new(r, index)?),
+        StepConfig::Join(j) => Box::new(Join::new(j)?),
     })
 }
 
