@@ -78,6 +78,13 @@ const VITALS_V2: &str = r#"{"type": "record", "name": "VitalsReading", "namespac
     {"name": "ward", "type": "string", "default": "none"}
 ]}"#;
 
+/// The recursive schema, widened and with a field added.
+const RECURSIVE_V2: &str = r#"{"type": "record", "name": "Node", "fields": [
+    {"name": "v", "type": "long"},
+    {"name": "next", "type": ["null", "Node"], "default": null},
+    {"name": "label", "type": "string", "default": ""}
+]}"#;
+
 struct Fixed(HashMap<u32, Arc<ParsedSchema>>);
 
 impl WriterSchemas for Fixed {
@@ -97,6 +104,7 @@ struct Setup {
     schemas: HashMap<u32, Arc<ParsedSchema>>,
     plain: Decoder,
     evolved: Decoder,
+    evolved_list: Decoder,
 }
 
 fn setup() -> &'static Setup {
@@ -115,6 +123,7 @@ fn setup() -> &'static Setup {
             schemas,
             plain: Decoder::new(None),
             evolved: Decoder::new(Some(parsed(VITALS_V2))),
+            evolved_list: Decoder::new(Some(parsed(RECURSIVE_V2))),
         }
     })
 }
@@ -124,7 +133,7 @@ fuzz_target!(|data: &[u8]| {
     let mut registry = Fixed(setup.schemas.clone());
     // As written, and resolved to another schema (which fails for most
     // ids: that path must not panic either).
-    for decoder in [&setup.plain, &setup.evolved] {
+    for decoder in [&setup.plain, &setup.evolved, &setup.evolved_list] {
         if let Ok(json) = decoder.decode(data, &mut registry) {
             // Writing what was read goes through the JSON-to-Avro path.
             if let Some(id) = data.get(1..5).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes)
