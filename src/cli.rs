@@ -69,6 +69,15 @@ enum Command {
         #[arg(long)]
         execute: bool,
     },
+    /// Serve a Confluent-compatible schema registry whose state lives in a
+    /// compacted Kafka topic (`_schemas`), until SIGTERM or SIGINT.
+    Registry(crate::registry::cli::RegistryArgs),
+    /// Register or check Avro schemas (`.avsc` files) against a
+    /// Confluent-compatible registry.
+    Schemas {
+        #[command(subcommand)]
+        command: crate::registry::cli::SchemasCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +110,8 @@ pub fn main() -> ExitCode {
             to,
             execute,
         } => reset(&config, &to, execute),
+        Command::Registry(args) => crate::registry::cli::registry(args),
+        Command::Schemas { command } => crate::registry::cli::schemas(command),
     }
 }
 
@@ -282,7 +293,7 @@ async fn serve(config: PipelineConfig) -> ExitCode {
 }
 
 /// Resolves on SIGTERM or SIGINT with the signal's name.
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => tokio::select! {

@@ -11,6 +11,8 @@
 //! - [`runtime`]: the Kafka side — the processing loop, the transaction that
 //!   commits outputs and offsets together, rebalance handling.
 //! - [`ops`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`registry`]: `millrace registry`, a Confluent-compatible schema
+//!   registry, and the client `millrace schemas` uses.
 
 pub mod admin;
 pub mod avro;
@@ -22,7 +24,9 @@ pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod pipeline;
+pub mod registry;
 pub mod reset;
 pub mod runtime;
 pub mod state;
 pub mod steps;
+pub mod telemetry;

@@ -174,6 +174,38 @@ fn tables(config: &PipelineConfig, issues: &mut Vec<BuildIssue>) -> Vec<(String,
     tables
 }
 
+/// Runs records through `steps[from..]`. A failure names the step; a
+/// [`StateError`] is returned apart (not the records' fault).
+fn run_steps(
+    steps: &mut [Box<dyn Operator>],
+    from: usize,
+    mut records: Vec<Record>,
+    ctx: &mut StepContext<'_>,
+) -> Result<Result<Vec<Record>, Failure>, StateError> {
+    for (i, step) in steps.iter_mut().enumerate().skip(from) {
+        if records.is_empty() {
+            break;
+        }
+        let mut next = Vec::with_capacity(records.len());
+        let kind = step.kind();
+        for record in records {
+            let failed = |reason, message| Failure {
+                reason,
+                at: format!("steps[{i}] ({kind})"),
+                message,
+            };
+            match step.process(ctx, record, &mut next) {
+                Ok(()) => {}
+                Err(StepError::Record(m)) => return Ok(Err(failed(FailureReason::Eval, m))),
+                Err(StepError::Late(m)) => return Ok(Err(failed(FailureReason::Late, m))),
+                Err(StepError::State(e)) => return Err(e),
+            }
+        }
+        records = next;
+    }
+    Ok(Ok(records))
+}
+
 /// A built pipeline.
 pub struct Pipeline {
     scope: Scope,
@@ -425,7 +457,7 @@ impl Pipeline {
             Ok(value) => value,
             Err(failure) => return Ok(Err(failure)),
         };
-        let mut records = vec![Record {
+        let records = vec![Record {
             key: key.map(<[u8]>::to_vec),
             value,
             timestamp,
@@ -436,25 +468,61 @@ impl Pipeline {
             origin,
             stores,
         };
-        for (i, step) in self.steps.iter_mut().enumerate() {
-            let mut next = Vec::with_capacity(records.len());
-            let kind = step.kind();
-            for record in records {
-                let failed = |reason, message| Failure {
-                    reason,
-                    at: format!("steps[{i}] ({kind})"),
-                    message,
-                };
-                match step.process(&mut ctx, record, &mut next) {
-                    Ok(()) => {}
-                    Err(StepError::Record(m)) => return Ok(Err(failed(FailureReason::Eval, m))),
-                    Err(StepError::Late(m)) => return Ok(Err(failed(FailureReason::Late, m))),
-                    Err(StepError::State(e)) => return Err(e.into()),
+        let records = match run_steps(&mut self.steps, 0, records, &mut ctx)? {
+            Ok(records) => records,
+            Err(failure) => return Ok(Err(failure)),
+        };
+        Ok(self.encode_all(&ctx, &records))
+    }
+
+    /// Whether any step has timers (see [`Operator::on_tick`]).
+    pub fn has_ticks(&self) -> bool {
+        self.steps.iter().any(|s| s.wants_ticks())
+    }
+
+    /// Runs the timers of one task at wall-clock time `now_ms`: what a step
+    /// emits continues through the steps after it to the sinks, as records
+    /// do.
+    pub fn tick(
+        &mut self,
+        task: i32,
+        now_ms: i64,
+        stores: &mut dyn TaskStores,
+    ) -> Result<Result<Vec<Output>, Failure>, StateError> {
+        let origin = Origin {
+            topic: String::new(),
+            partition: task,
+            offset: -1,
+        };
+        let mut ctx = StepContext {
+            scope: &self.scope,
+            origin: &origin,
+            stores,
+        };
+        let mut emitted = Vec::new();
+        for i in 0..self.steps.len() {
+            if !self.steps[i].wants_ticks() {
+                continue;
+            }
+            let mut out = Vec::new();
+            let kind = self.steps[i].kind();
+            match self.steps[i].on_tick(&mut ctx, now_ms, &mut out) {
+                Ok(()) => {}
+                Err(StepError::State(e)) => return Err(e),
+                Err(StepError::Record(m) | StepError::Late(m)) => {
+                    return Ok(Err(Failure {
+                        reason: FailureReason::Eval,
+                        at: format!("steps[{i}] ({kind}) timer"),
+                        message: m,
+                    }));
                 }
             }
-            records = next;
+            match run_steps(&mut self.steps, i + 1, out, &mut ctx)? {
+                Ok(records) => emitted.extend(records),
+                Err(failure) => return Ok(Err(failure)),
+            }
         }
-        Ok(self.encode_all(&ctx, &records))
+        Ok(self.encode_all(&ctx, &emitted))
     }
 
     fn encode_all(

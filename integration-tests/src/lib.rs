@@ -11,6 +11,7 @@
 //! parallel against one broker.
 
 pub mod bench;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::io::Write;

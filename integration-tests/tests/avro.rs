@@ -8,113 +8,39 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use millrace::avro::client::RegistryClient;
 use millrace::avro::{Decoder, Encoder, ParsedSchema, SchemaCache};
 use millrace::config::RegistryConfig;
+use millrace::registry::client::{NewSchema, RegistryClient};
+use millrace_integration_tests::registry::Registry;
 use millrace_integration_tests::{
-    Millrace, bootstrap, create_topics, free_port, group_caught_up, header_map, millrace_bin,
-    produce, produce_to, producer, progress, read_committed, repo_root, unique,
+    Millrace, bootstrap, create_topics, free_port, group_caught_up, header_map, produce,
+    produce_to, producer, progress, read_committed, repo_root, unique,
 };
 use rand::{Rng, SeedableRng};
 use rdkafka::message::Message;
 use serde_json::{Value as Json, json};
 
-/// A `millrace registry` process serving its own schemas topic.
-struct Registry {
-    child: Option<Child>,
-    port: u16,
-    topic: String,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+/// A registry on a schemas topic of its own.
+fn start_registry() -> anyhow::Result<Registry> {
+    Registry::start(&unique("schemas"))
 }
 
-impl Registry {
-    fn start() -> anyhow::Result<Registry> {
-        let dir = tempfile::tempdir()?;
-        let mut registry = Registry {
-            child: None,
-            port: free_port(),
-            topic: unique("schemas"),
-            log: dir.path().join("registry.log"),
-            _dir: dir,
-        };
-        registry.restart()?;
-        Ok(registry)
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the process (again), on the same port and topic, and waits
-    /// until it answers.
-    fn restart(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(millrace_bin())
-            .args(["registry", "--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--topic", &self.topic])
-            .env("MILLRACE_BOOTSTRAP", bootstrap())
-            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting millrace registry")?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let http = reqwest::blocking::Client::new();
-        loop {
-            let answered = http
-                .get(format!("{}/subjects", self.url()))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .is_ok_and(|r| r.status().is_success());
-            if answered {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the registry did not answer within 60 s; log:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-
-    fn client(&self) -> RegistryClient {
-        RegistryClient::new(&self.url(), None, None).expect("registry client")
-    }
-
-    /// A schema cache over this registry, for decoding outputs.
-    fn cache(&self) -> SchemaCache {
-        SchemaCache::new(Some(&RegistryConfig {
-            url: self.url(),
-            username: None,
-            password: None,
-        }))
-    }
+fn client(registry: &Registry) -> RegistryClient {
+    RegistryClient::new(&registry.url(), None).expect("registry client")
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.kill();
-    }
+/// A schema cache over the registry, for decoding outputs.
+fn cache(registry: &Registry) -> SchemaCache {
+    SchemaCache::new(Some(&RegistryConfig {
+        url: registry.url(),
+        username: None,
+        password: None,
+    }))
 }
 
 const READING_V1: &str = r#"{"type": "record", "name": "Reading", "namespace": "org.millrace.it", "fields": [
@@ -211,7 +137,7 @@ enum Expect {
 #[test]
 fn malformed_records_go_to_the_dead_letter_topic_while_good_ones_flow() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    let registry = Registry::start()?;
+    let registry = start_registry()?;
     let (input, out, dead, group) = (
         unique("avro-bad-in"),
         unique("avro-bad-out"),
@@ -219,9 +145,7 @@ fn malformed_records_go_to_the_dead_letter_topic_while_good_ones_flow() -> anyho
         unique("avro-bad"),
     );
     rt.block_on(create_topics(&[(&input, 2), (&out, 2), (&dead, 1)]))?;
-    let id = registry
-        .client()
-        .register(&format!("{input}-value"), READING_V1)?;
+    let id = client(&registry).register(&format!("{input}-value"), &NewSchema::avro(READING_V1))?;
     let encoder = Encoder::new(parsed(READING_V1), id);
     let good = |i: usize| encoder.encode(&reading(i, 1)).expect("encodes");
 
@@ -374,7 +298,7 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
 #[test]
 fn two_writer_versions_decode_with_the_reader_schema() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    let registry = Registry::start()?;
+    let registry = start_registry()?;
     let (input, out, dead, group) = (
         unique("avro-evo-in"),
         unique("avro-evo-out"),
@@ -382,10 +306,10 @@ fn two_writer_versions_decode_with_the_reader_schema() -> anyhow::Result<()> {
         unique("avro-evo"),
     );
     rt.block_on(create_topics(&[(&input, 3), (&out, 3), (&dead, 1)]))?;
-    let client = registry.client();
+    let client = client(&registry);
     let subject = format!("{input}-value");
-    let id1 = client.register(&subject, READING_V1)?;
-    let id2 = client.register(&subject, READING_V2)?;
+    let id1 = client.register(&subject, &NewSchema::avro(READING_V1))?;
+    let id2 = client.register(&subject, &NewSchema::avro(READING_V2))?;
     assert_ne!(id1, id2);
     let v1 = Encoder::new(parsed(READING_V1), id1);
     let v2 = Encoder::new(parsed(READING_V2), id2);
@@ -423,8 +347,11 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
     wait_caught_up(&m, &group, &input)?;
 
     assert!(read_committed(&dead)?.is_empty(), "no dead letters");
-    let sink_id = client.lookup(&format!("{out}-value"), STATUS)?;
-    let mut cache = registry.cache();
+    let sink_id = client
+        .lookup(&format!("{out}-value"), &NewSchema::avro(STATUS))?
+        .context("the sink registered its schema")?
+        .id;
+    let mut cache = cache(&registry);
     let decoder = Decoder::new(None);
     let mut seen = BTreeMap::new();
     for msg in read_committed(&out)? {
@@ -447,7 +374,7 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
 #[test]
 fn a_registry_outage_holds_records_back_instead_of_dead_lettering() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
-    let mut registry = Registry::start()?;
+    let mut registry = start_registry()?;
     let (input, out, dead, group) = (
         unique("avro-down-in"),
         unique("avro-down-out"),
@@ -455,10 +382,10 @@ fn a_registry_outage_holds_records_back_instead_of_dead_lettering() -> anyhow::R
         unique("avro-down"),
     );
     rt.block_on(create_topics(&[(&input, 2), (&out, 2), (&dead, 1)]))?;
-    let client = registry.client();
+    let client = client(&registry);
     let subject = format!("{input}-value");
-    let id1 = client.register(&subject, READING_V1)?;
-    let id2 = client.register(&subject, READING_V2)?;
+    let id1 = client.register(&subject, &NewSchema::avro(READING_V1))?;
+    let id2 = client.register(&subject, &NewSchema::avro(READING_V2))?;
     let v1 = Encoder::new(parsed(READING_V1), id1);
     let v2 = Encoder::new(parsed(READING_V2), id2);
     let schemas = schema_files(&[("reading.avsc", READING_V2)])?;
@@ -652,7 +579,7 @@ fn confluent_python_client_round_trips_through_a_pipeline() -> anyhow::Result<()
         progress("skipped: no python3 with confluent-kafka[avro,schemaregistry]");
         return Ok(());
     };
-    let registry = Registry::start()?;
+    let registry = start_registry()?;
     let (input, out, dead, group) = (
         unique("avro-py-in"),
         unique("avro-py-out"),

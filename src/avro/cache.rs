@@ -14,12 +14,16 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::client::{RegistryClient, RegistryError};
 use super::codec::{LookupError, WriterSchemas};
 use super::schema::ParsedSchema;
 use crate::config::RegistryConfig;
+use crate::registry::client::{BasicAuth, ClientError, NewSchema, RegistryClient, SchemaText};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Bound on one registry request. Lookups happen while a transaction is
+/// open; waiting longer than its timeout (10 s by default) would get it
+/// aborted by the broker.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long an id the registry did not know stays known as unknown: a flood
 /// of records with a bogus id then costs one request, not one each. Short,
@@ -46,16 +50,35 @@ struct Registry {
 }
 
 impl Registry {
-    fn client(&mut self) -> Result<&RegistryClient, RegistryError> {
-        if self.client.is_none() {
-            let c = &self.config;
-            let client = RegistryClient::new(&c.url, c.username.as_deref(), c.password.as_deref())?;
-            self.client = Some(client);
-        }
-        self.client
-            .as_ref()
-            .ok_or_else(|| RegistryError::Invalid("no client".into()))
+    fn client(&mut self) -> Result<&RegistryClient, ClientError> {
+        let client = match self.client.take() {
+            Some(client) => client,
+            None => {
+                let c = &self.config;
+                let auth = c.username.as_ref().map(|user| BasicAuth {
+                    user: user.clone(),
+                    password: c.password.clone().unwrap_or_default(),
+                });
+                RegistryClient::new(&c.url, auth)?.with_timeout(REQUEST_TIMEOUT)?
+            }
+        };
+        Ok(self.client.insert(client))
     }
+}
+
+/// Whether asking again later may succeed: no answer, a server error, or
+/// throttling.
+fn is_transient(e: &ClientError) -> bool {
+    match e {
+        ClientError::Transport { .. } => true,
+        ClientError::Api { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+        ClientError::Url { .. } | ClientError::Decode { .. } => false,
+    }
+}
+
+/// Whether the registry said the thing asked for does not exist.
+fn is_not_found(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status: 404, .. })
 }
 
 /// Why a sink's schema could not be registered.
@@ -104,27 +127,33 @@ impl SchemaCache {
                 "no schema registry is configured (registry.url)".into(),
             ));
         };
+        let text = NewSchema::avro(schema.text());
         let answer = registry.client().and_then(|client| {
             if auto_register {
-                client.register(subject, schema.text())
+                client.register(subject, &text).map(Some)
             } else {
-                client.lookup(subject, schema.text())
+                client
+                    .lookup(subject, &text)
+                    .map(|found| found.map(|v| v.id))
             }
         });
         match answer {
-            Ok(id) => {
+            Ok(Some(id)) => {
                 self.backoff.succeeded();
                 self.insert(id, schema.clone());
                 Ok(id)
             }
-            Err(e) if e.is_transient() => Err(RegisterError::Unavailable {
+            Ok(None) => {
+                self.backoff.succeeded();
+                Err(RegisterError::Refused(format!(
+                    "the schema is not registered under subject `{subject}`, and \
+                     auto_register is false"
+                )))
+            }
+            Err(e) if is_transient(&e) => Err(RegisterError::Unavailable {
                 retry_in: self.backoff.failed(&e),
                 message: e.to_string(),
             }),
-            Err(e) if e.is_not_found() && !auto_register => Err(RegisterError::Refused(format!(
-                "the schema is not registered under subject `{subject}` and auto_register \
-                 is false: {e}"
-            ))),
             Err(e) => Err(RegisterError::Refused(format!("subject `{subject}`: {e}"))),
         }
     }
@@ -143,7 +172,7 @@ impl SchemaCache {
                 self.by_id.insert(id, usable.clone());
                 usable.map_err(LookupError::Unknown)
             }
-            Err(e) if e.is_not_found() => {
+            Err(e) if is_not_found(&e) => {
                 self.backoff.succeeded();
                 let message = format!("unknown schema id {id}: {e}");
                 if self.unknown.len() >= MAX_UNKNOWN {
@@ -184,10 +213,7 @@ impl WriterSchemas for SchemaCache {
 }
 
 /// Parses a registry answer, refusing what this decoder cannot use.
-fn usable_schema(
-    id: u32,
-    registered: &super::client::RegisteredSchema,
-) -> Result<Arc<ParsedSchema>, String> {
+fn usable_schema(id: u32, registered: &SchemaText) -> Result<Arc<ParsedSchema>, String> {
     if !registered.schema_type.eq_ignore_ascii_case("AVRO") {
         return Err(format!(
             "schema id {id} is a {} schema; format avro reads Avro",
@@ -230,7 +256,7 @@ impl Backoff {
     }
 
     /// Records a failure; returns the wait before the next attempt.
-    fn failed(&mut self, error: &RegistryError) -> Duration {
+    fn failed(&mut self, error: &ClientError) -> Duration {
         let wait = self.delay;
         self.failures += 1;
         self.next_attempt = Some(Instant::now() + wait);
@@ -300,7 +326,10 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_a_ceiling() {
         let mut b = Backoff::default();
-        let e = RegistryError::Invalid("x".into());
+        let e = ClientError::Decode {
+            url: "http://registry".into(),
+            message: "x".into(),
+        };
         let waits: Vec<Duration> = (0..9).map(|_| b.failed(&e)).collect();
         assert_eq!(waits[0], Duration::from_millis(500));
         assert_eq!(waits[1], Duration::from_secs(1));
@@ -313,16 +342,19 @@ mod tests {
 
     #[test]
     fn unusable_registry_answers_are_explained() {
-        let answer = |schema_type: &str, references| super::super::client::RegisteredSchema {
-            schema: r#""string""#.into(),
-            schema_type: schema_type.into(),
-            references,
+        let answer = |schema_type: &str, references: serde_json::Value| -> SchemaText {
+            serde_json::from_value(serde_json::json!({
+                "schema": r#""string""#,
+                "schemaType": schema_type,
+                "references": references,
+            }))
+            .unwrap()
         };
-        assert!(usable_schema(1, &answer("AVRO", vec![])).is_ok());
-        let e = usable_schema(2, &answer("PROTOBUF", vec![])).unwrap_err();
+        assert!(usable_schema(1, &answer("AVRO", serde_json::json!([]))).is_ok());
+        let e = usable_schema(2, &answer("PROTOBUF", serde_json::json!([]))).unwrap_err();
         assert!(e.contains("PROTOBUF"), "{e}");
-        let e =
-            usable_schema(3, &answer("AVRO", vec![serde_json::json!({"name": "x"})])).unwrap_err();
+        let reference = serde_json::json!([{"name": "x", "subject": "x-value", "version": 1}]);
+        let e = usable_schema(3, &answer("AVRO", reference)).unwrap_err();
         assert!(e.contains("references"), "{e}");
     }
 }

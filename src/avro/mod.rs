@@ -6,15 +6,15 @@
 //!   reader schema ([`resolve`]), encode; [`depth`] bounds their nesting.
 //! - [`json`]: Avro values to the JSON documents steps see, and back.
 //! - [`codec`]: those three put together for one source or sink.
-//! - [`cache`] and [`client`]: writer schemas by id from the registry, with
-//!   backoff while it is down; registration of sink schemas.
+//! - [`cache`]: writer schemas by id from the registry (through
+//!   [`crate::registry::client`]), with backoff while it is down;
+//!   registration of sink schemas.
 //!
 //! `wire`, `schema`, `datum`, `depth`, `resolve`, `decimal`, `json` and `codec` do no I/O and
 //! use nothing else of the crate, so the fuzz target (`fuzz/`) compiles
 //! them on their own.
 
 pub mod cache;
-pub mod client;
 pub mod codec;
 pub mod datum;
 mod decimal;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+pub(crate) use validate::check_topic;
 pub use validate::validate;
 
 /// Environment variable that overrides `kafka.bootstrap`.
@@ -326,6 +327,13 @@ pub enum StepConfig {
     Reduce(ReduceConfig),
     /// Enrich with the latest value of a table; see [`JoinConfig`].
     Join(JoinConfig),
+    /// Alert when a key goes silent, and when it resumes; see
+    /// [`StaleConfig`].
+    Stale(StaleConfig),
+    /// Beats and heart rate from waveform batches; see [`RpeaksConfig`].
+    Rpeaks(RpeaksConfig),
+    /// Alert when a number crosses a limit; see [`ThresholdStepConfig`].
+    Threshold(ThresholdStepConfig),
 }
 
 impl StepConfig {
@@ -342,6 +350,9 @@ impl StepConfig {
             StepConfig::Dedup(_) => "dedup",
             StepConfig::Reduce(_) => "reduce",
             StepConfig::Join(_) => "join",
+            StepConfig::Stale(_) => "stale",
+            StepConfig::Rpeaks(_) => "rpeaks",
+            StepConfig::Threshold(_) => "threshold",
         }
     }
 }
@@ -453,6 +464,94 @@ pub struct DedupConfig {
     /// largest event time passes them by `ttl`. Required.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Expression for the event time in milliseconds. Default: the record
+    /// timestamp.
+    #[serde(default)]
+    pub time: Option<String>,
+}
+
+/// `rpeaks`: R-peak detection on waveform batches (a `format: waveform`
+/// source), per key; emits a record per beat with the instant and rolling
+/// heart rate.
+///
+/// ```yaml
+/// - rpeaks: {refractory: 200ms, rolling_beats: 8}
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpeaksConfig {
+    /// Name of the state store. Default `rpeaks-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Shortest time between two beats. Default 200 ms (300 bpm).
+    #[serde(default = "default_refractory", with = "humantime_serde")]
+    pub refractory: Duration,
+    /// Beats averaged for the rolling heart rate. Default 8.
+    #[serde(default = "default_rolling_beats")]
+    pub rolling_beats: usize,
+}
+
+fn default_refractory() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_rolling_beats() -> usize {
+    8
+}
+
+/// `threshold`: an alert when `value` stays beyond a limit for `for`, and a
+/// clear event when it comes back inside by `hysteresis`.
+///
+/// ```yaml
+/// - threshold: {value: value.hr_rolling, above: 140, hysteresis: 5, for: 10s}
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdStepConfig {
+    /// Name of the state store. Default `threshold-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Expression for the number watched. Required.
+    pub value: String,
+    /// Alert when the value is greater than this.
+    #[serde(default)]
+    pub above: Option<f64>,
+    /// Alert when the value is less than this.
+    #[serde(default)]
+    pub below: Option<f64>,
+    /// How far back inside the limit the value must come to clear.
+    /// Default 0.
+    #[serde(default)]
+    pub hysteresis: f64,
+    /// How long (event time) the breach must hold before the alert.
+    /// Default 0.
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub min_duration: Duration,
+    /// Expression for the event time in milliseconds. Default: the record
+    /// timestamp.
+    #[serde(default)]
+    pub time: Option<String>,
+}
+
+/// `stale`: an event when a key has sent nothing for `after` (wall clock),
+/// and another when it sends again.
+///
+/// ```yaml
+/// - stale: {after: 30s}
+/// ```
+///
+/// Emits `{"key", "state": "stale"|"resumed", "last_seen", "silent_ms"}`
+/// keyed by the record key; records themselves are not passed on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaleConfig {
+    /// Name of the state store. Default `stale-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Silence (wall clock since the key's latest event time) that makes a
+    /// key stale. Required.
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
     /// Expression for the event time in milliseconds. Default: the record
     /// timestamp.
     #[serde(default)]
@@ -861,7 +960,7 @@ fn write_issue(f: &mut fmt::Formatter<'_>, file: &str, issue: &ConfigIssue) -> f
 }
 
 impl ConfigError {
-    fn single(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn single(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             issues: vec![ConfigIssue {
@@ -1002,7 +1101,10 @@ fn apply_registry_env(
 
 /// Replaces `${NAME}` with the variable's value; `$${` escapes a literal `${`.
 /// Returns the name of the first unset variable as the error.
-fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(crate) fn expand_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {

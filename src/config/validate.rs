@@ -205,7 +205,7 @@ fn check_registry(config: &PipelineConfig, issue: &mut dyn FnMut(&str, String)) 
                         super::ENV_REGISTRY_URL
                     ),
                 );
-            } else if let Err(e) = crate::avro::client::parse_url(&registry.url) {
+            } else if let Err(e) = check_url(&registry.url) {
                 issue("registry.url", e);
             }
             if registry.password.is_some() && registry.username.is_none() {
@@ -216,6 +216,18 @@ fn check_registry(config: &PipelineConfig, issue: &mut dyn FnMut(&str, String)) 
             }
         }
     }
+}
+
+/// An absolute `http://` or `https://` URL with a host.
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|e| format!("`{url}` is not a URL such as http://127.0.0.1:8081: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+        return Err(format!(
+            "`{url}` is not an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(())
 }
 
 /// Names used inside Kafka ids: letters, digits, `.`, `_`, `-`.
@@ -238,7 +250,7 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Kafka's own rule for topic names.
-fn check_topic(topic: &str) -> Result<(), String> {
+pub(crate) fn check_topic(topic: &str) -> Result<(), String> {
     if topic == "." || topic == ".." {
         return Err(format!("`{topic}` is not a valid topic name"));
     }

@@ -18,7 +18,7 @@ mod tables;
 pub mod transaction;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,8 @@ const POLL_WAIT: Duration = Duration::from_millis(20);
 const RECORD_OVERHEAD: usize = 512;
 /// Longest a task's streams wait for its tables to be read to the end.
 const TABLE_WAIT: Duration = Duration::from_secs(120);
+/// How often the steps' timers run.
+const TICK: Duration = Duration::from_secs(1);
 /// How long seeking a partition back may take.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait between two attempts to rebuild the clients.
@@ -261,7 +263,9 @@ fn run_once(
         stream_topics,
         TABLE_WAIT,
     )));
+    let assignments = Arc::new(AtomicU64::new(0));
     let context = EosContext {
+        assignments: assignments.clone(),
         tables: tables.clone(),
         txn: txn.clone(),
         starts: config
@@ -294,6 +298,8 @@ fn run_once(
         metrics,
         held: BTreeSet::new(),
         resume_at: None,
+        last_tick: Instant::now(),
+        assignments: assignments.clone(),
     };
     let result = worker.process_until_stopped(&consumer, health, stop);
     health.set_not_ready(if result.is_ok() {
@@ -326,6 +332,8 @@ struct Worker<'a> {
     /// registry, and when to resume them.
     held: BTreeSet<(String, i32)>,
     resume_at: Option<Instant>,
+    last_tick: Instant,
+    assignments: Arc<AtomicU64>,
 }
 
 impl Worker<'_> {
@@ -335,6 +343,8 @@ impl Worker<'_> {
         health: &Health,
         stop: &AtomicBool,
     ) -> anyhow::Result<Ended> {
+        let mut caught_up = false;
+        let mut seen_assignments = 0;
         loop {
             health.turn();
             if stop.load(Ordering::SeqCst) {
@@ -350,7 +360,7 @@ impl Worker<'_> {
                 bail!(why);
             }
             match polled {
-                None => {}
+                None => caught_up = true,
                 Some(Ok(message)) => {
                     let (topic, task, offset) =
                         (message.topic(), message.partition(), message.offset());
@@ -379,6 +389,18 @@ impl Worker<'_> {
                 }
             }
             lock_gate(self.tables).check(consumer);
+            // Timers compare event times with the wall clock, so they wait
+            // until the input is caught up (a poll found nothing since the
+            // last assignment): a backlog after a restart is not silence.
+            let generation = self.assignments.load(Ordering::SeqCst);
+            if generation != seen_assignments {
+                seen_assignments = generation;
+                caught_up = false;
+            }
+            if caught_up && self.pipeline.has_ticks() && self.last_tick.elapsed() >= TICK {
+                self.last_tick = Instant::now();
+                self.tick()?;
+            }
             let commit = &self.config.commit;
             let due = self.with_txn(|t| {
                 t.poll();
@@ -408,6 +430,62 @@ impl Worker<'_> {
         let commit_offsets =
             |tpl: &rdkafka::TopicPartitionList| consumer.commit(tpl, CommitMode::Sync);
         self.with_txn(|t| t.commit(&group, &commit_offsets))
+    }
+
+    /// Runs the steps' timers for every task this instance owns. What they
+    /// emit and write joins the open transaction. A failing timer (say, an
+    /// output for a sink that does not exist) has no input record to
+    /// dead-letter: its writes are undone, it is logged, and it fires
+    /// again next time.
+    fn tick(&mut self) -> anyhow::Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut slot = lock(self.txn);
+        let txn = slot
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the transaction is closed"))?;
+        let Some(tasks) = txn.state_mut().map(|s| s.tasks()) else {
+            return Ok(());
+        };
+        for task in tasks {
+            let Some(state) = txn.state_mut() else {
+                break;
+            };
+            let before = state.pending_bytes();
+            state.savepoint(task);
+            let result = self
+                .pipeline
+                .tick(task, now, state.task_stores(task)?)?
+                .and_then(|outputs| check_outputs(outputs, self.max_bytes));
+            state.end_savepoint(task, result.is_ok());
+            let wrote = state.pending_bytes() != before;
+            match result {
+                Ok(outputs) => {
+                    if wrote {
+                        txn.ensure_open()?;
+                    }
+                    for out in outputs {
+                        txn.send(
+                            &out.topic,
+                            out.key.as_deref(),
+                            Some(&out.payload),
+                            out.timestamp,
+                            None,
+                        )?;
+                        txn.count_output(&out.topic);
+                    }
+                }
+                Err(failure) => warn!(
+                    task,
+                    at = %failure.at,
+                    reason = failure.reason.as_str(),
+                    error = %failure.message,
+                    "a timer failed; it fires again at the next tick"
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// Processes one record: its outputs, or its dead letter, and its offset,
