@@ -8,7 +8,8 @@
 //!
 //! ```sh
 //! cargo install cargo-fuzz
-//! cargo +nightly fuzz run avro_decode -- -max_total_time=60
+//! cargo +nightly fuzz run avro_decode fuzz/corpus/avro_decode fuzz/seeds/avro_decode \
+//!   -- -max_total_time=600 -rss_limit_mb=2048
 //! ```
 //!
 //! Schema ids 1-4 are the shipped telemetry schemas, 5 exercises every Avro
