@@ -28,7 +28,7 @@ use std::collections::HashMap;
 
 use apache_avro::schema::{
     DecimalSchema, EnumSchema, FixedSchema, InnerDecimalSchema, Name, Names, NamespaceRef,
-    RecordSchema, UnionSchema, UuidSchema,
+    RecordSchema, SchemaKind, UnionSchema, UuidSchema,
 };
 use apache_avro::types::Value;
 use apache_avro::{Decimal, Schema};
@@ -382,13 +382,9 @@ impl std::fmt::Display for Kind {
     }
 }
 
-/// What a value is, for messages.
+/// What a value is, for messages (`int`, `record`, ...).
 fn kind_of(value: &Value) -> String {
-    format!("{value:?}")
-        .split('(')
-        .next()
-        .unwrap_or("value")
-        .to_lowercase()
+    format!("{:?}", SchemaKind::from(value)).to_lowercase()
 }
 
 #[cfg(test)]

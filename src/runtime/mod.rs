@@ -372,9 +372,9 @@ impl Worker<'_> {
                             .seek(topic, task, Offset::Offset(offset), SEEK_TIMEOUT)
                             .with_context(|| format!("seeking {topic}/{task} back to {offset}"))?;
                     } else {
-                        self.handle(consumer, &message)?;
+                        let processed = self.handle(consumer, &message)?;
                         let mut gate = lock_gate(self.tables);
-                        if gate.is_waiting(task) {
+                        if processed && gate.is_waiting(task) {
                             gate.read(consumer, topic, task, offset);
                         }
                     }
@@ -489,12 +489,13 @@ impl Worker<'_> {
     }
 
     /// Processes one record: its outputs, or its dead letter, and its offset,
-    /// all into the open transaction.
+    /// all into the open transaction. `false`: the record waits for the
+    /// schema registry (see [`Worker::hold_back`]) and will be read again.
     fn handle(
         &mut self,
         consumer: &BaseConsumer<EosContext>,
         message: &BorrowedMessage<'_>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let origin = Origin {
             topic: message.topic().to_string(),
             partition: message.partition(),
@@ -530,7 +531,8 @@ impl Worker<'_> {
                     state.end_savepoint(origin.partition, false);
                 }
                 drop(slot);
-                return self.hold_back(consumer, &origin, &message, retry_in);
+                self.hold_back(consumer, &origin, &message, retry_in)?;
+                return Ok(false);
             }
         };
         // A dead-lettered record leaves no trace in state either.
@@ -569,7 +571,7 @@ impl Worker<'_> {
             }
         }
         txn.consumed(&origin.topic, origin.partition, origin.offset)?;
-        Ok(())
+        Ok(true)
     }
 }
 
