@@ -492,6 +492,51 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
 }
 
 #[test]
+fn an_incompatible_sink_schema_stops_start_up_naming_the_sink() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let registry = start_registry()?;
+    let (input, out, dead, group) = (
+        unique("avro-refused-in"),
+        unique("avro-refused-out"),
+        unique("avro-refused-dead"),
+        unique("avro-refused"),
+    );
+    rt.block_on(create_topics(&[(&input, 1), (&out, 1), (&dead, 1)]))?;
+    // The subject already holds a schema STATUS cannot evolve from under
+    // BACKWARD: `device` changes type.
+    let taken = r#"{"type": "record", "name": "Status", "namespace": "org.millrace.it", "fields": [
+        {"name": "device", "type": "long"}
+    ]}"#;
+    client(&registry).register(&format!("{out}-value"), &NewSchema::avro(taken))?;
+    let schemas = schema_files(&[("status.avsc", STATUS)])?;
+    let mut m = Millrace::start(&format!(
+        r#"
+pipeline: {group}
+kafka: {{group_id: {group}, instance_id: it-{group}}}
+registry: {{url: "{url}"}}
+sources: [{{topic: {input}}}]
+sinks:
+  statuses: {{topic: {out}, format: avro, schema: "{status}"}}
+dead_letter: {{topic: {dead}}}
+http: {{listen: "127.0.0.1:{{ops_port}}"}}
+"#,
+        url = registry.url(),
+        status = path(&schemas, "status.avsc"),
+    ))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while m.is_running() {
+        if Instant::now() > deadline {
+            bail!("millrace kept running; log:\n{}", m.log_tail(30));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = m.log_tail(30);
+    assert!(log.contains("sinks.statuses"), "{log}");
+    assert!(log.contains("409"), "{log}");
+    Ok(())
+}
+
+#[test]
 fn without_a_registry_records_wait_and_sigterm_still_stops_cleanly() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let (input, out, dead, group) = (
