@@ -19,12 +19,14 @@ use super::schema::ParsedSchema;
 use crate::config::RegistryConfig;
 use crate::registry::client::{BasicAuth, ClientError, NewSchema, RegistryClient, SchemaText};
 
+/// Wait after the first failed attempt; doubled after each further one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Bound on one registry request. Lookups happen while a transaction is
 /// open; waiting longer than its timeout (10 s by default) would get it
 /// aborted by the broker.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long an id the registry did not know stays known as unknown: a flood
 /// of records with a bogus id then costs one request, not one each. Short,
 /// because a schema registered a moment later must become usable.
