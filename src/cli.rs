@@ -48,6 +48,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Bridge Kafka topics to browsers and services over Server-Sent Events
+    /// and WebSocket (read_committed, exact resume), until SIGTERM or SIGINT.
+    Gateway {
+        /// The gateway file (YAML), e.g. config/gateway.yaml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Manage the pipeline's topics.
     Topics {
         #[command(subcommand)]
@@ -102,6 +109,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(&config),
+        Command::Gateway { config } => crate::gateway::run(&config),
         Command::Topics {
             command: TopicsCommand::Create { config },
         } => topics_create(&config),

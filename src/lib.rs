@@ -13,6 +13,8 @@
 //! - [`ops`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`registry`]: `millrace registry`, a Confluent-compatible schema
 //!   registry, and the client `millrace schemas` uses.
+//! - [`gateway`]: `millrace gateway`, Kafka topics to SSE and WebSocket
+//!   subscribers with exact resume.
 
 pub mod admin;
 pub mod avro;
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod expr;
 pub mod format;
+pub mod gateway;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-pub(crate) use validate::check_topic;
 pub use validate::validate;
+pub(crate) use validate::{check_name, check_topic};
 
 /// Environment variable that overrides `kafka.bootstrap`.
 pub const ENV_BOOTSTRAP: &str = "MILLRACE_BOOTSTRAP";

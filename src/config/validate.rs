@@ -231,7 +231,7 @@ fn check_url(url: &str) -> Result<(), String> {
 }
 
 /// Names used inside Kafka ids: letters, digits, `.`, `_`, `-`.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
