@@ -6,6 +6,8 @@
 //! - [`pipeline`] and [`steps`]: what happens to a record (decode, steps,
 //!   encode), without any I/O.
 //! - [`expr`]: CEL expressions used by steps.
+//! - [`format`] and [`avro`]: record values to JSON documents and back;
+//!   Avro in the Confluent wire format with a schema registry.
 //! - [`runtime`]: the Kafka side — the processing loop, the transaction that
 //!   commits outputs and offsets together, rebalance handling.
 //! - [`ops`] and [`metrics`]: `/metrics`, `/healthz`, `/readyz`.
@@ -15,6 +17,7 @@
 //!   subscribers with exact resume.
 
 pub mod admin;
+pub mod avro;
 pub mod cli;
 pub mod config;
 pub mod expr;

@@ -24,6 +24,12 @@ pub(crate) use validate::{check_name, check_topic};
 pub const ENV_BOOTSTRAP: &str = "MILLRACE_BOOTSTRAP";
 /// Environment variable that overrides `kafka.instance_id`.
 pub const ENV_INSTANCE_ID: &str = "MILLRACE_INSTANCE_ID";
+/// Environment variable that overrides `registry.url`.
+pub const ENV_REGISTRY_URL: &str = "MILLRACE_REGISTRY_URL";
+/// Environment variable that overrides `registry.username`.
+pub const ENV_REGISTRY_USER: &str = "MILLRACE_REGISTRY_USER";
+/// Environment variable that overrides `registry.password`.
+pub const ENV_REGISTRY_PASSWORD: &str = "MILLRACE_REGISTRY_PASSWORD";
 
 /// A whole pipeline: where records come from, what happens to them, where
 /// they go.
@@ -62,6 +68,33 @@ pub struct PipelineConfig {
     /// Local state of stateful steps.
     #[serde(default)]
     pub state: StateConfig,
+    /// The Confluent-compatible schema registry that `format: avro` sources
+    /// and sinks use. Required when any of them does.
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
+}
+
+/// Where the schema registry is and how to authenticate to it.
+///
+/// ```yaml
+/// registry:
+///   url: http://127.0.0.1:8081
+///   username: millrace
+///   password: ${REGISTRY_PASSWORD}
+/// ```
+///
+/// Every field may reference environment variables as `${NAME}`;
+/// `MILLRACE_REGISTRY_URL`, `MILLRACE_REGISTRY_USER` and
+/// `MILLRACE_REGISTRY_PASSWORD` override them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Base URL of the registry's REST API (`http://` or `https://`).
+    pub url: String,
+    /// User name for HTTP basic authentication. Default: none.
+    pub username: Option<String>,
+    /// Password for HTTP basic authentication (with `username`).
+    pub password: Option<String>,
 }
 
 /// Where stateful steps keep their local state, and how much memory it may
@@ -149,6 +182,15 @@ pub struct SourceConfig {
     /// Encoding of record values. Default `json`.
     #[serde(default)]
     pub format: Format,
+    /// `format: avro` only: the reader schema (an `.avsc` file; a relative
+    /// path is relative to the working directory). Records written with
+    /// another version of the schema are resolved to it by Avro's rules
+    /// (added fields take their defaults, removed fields are dropped,
+    /// `int` widens to `long`, `float` or `double`, ...), so steps always
+    /// see the same shape. Default: each record is read with the schema it
+    /// was written with.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
     /// Where a group with no committed offset starts: `earliest` (default),
     /// `latest`, or a point in time (RFC 3339 such as `2026-11-01T00:00:00Z`,
     /// or milliseconds since the epoch). Ignored once the group has committed.
@@ -172,8 +214,9 @@ pub enum Format {
     /// UTF-8 JSON, one document per record.
     #[default]
     Json,
-    /// Avro in the Confluent wire format. Accepted by the parser so that the
-    /// validator can say plainly that it is not available yet.
+    /// Avro in the Confluent wire format (magic byte 0, the schema id as a
+    /// big-endian 4-byte integer, the Avro binary body), with schemas in the
+    /// schema registry (see [`RegistryConfig`]).
     Avro,
     /// Millrace's waveform batches: a header (device, first-sample time,
     /// sample rate) and little-endian f32 samples (see
@@ -691,6 +734,48 @@ pub struct SinkConfig {
     /// steps (the source key unless a `rekey` step changed it).
     #[serde(default)]
     pub key: Option<String>,
+    /// `format: avro` only, and required there: the schema records are
+    /// written with (an `.avsc` file; a relative path is relative to the
+    /// working directory). Registered at start under the subject
+    /// `subject_strategy` names.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// `format: avro` only: the registry subject of the schema.
+    /// `topic_name` (default): `<topic>-value`; `record_name`: the schema's
+    /// full name; `topic_record_name`: `<topic>-<full name>`.
+    #[serde(default)]
+    pub subject_strategy: Option<SubjectStrategy>,
+    /// `format: avro` only: register the schema at start (default `true`).
+    /// With `false` the schema must already be registered under the
+    /// subject, and start-up fails if it is not (for registries where only
+    /// a deployment pipeline may register).
+    #[serde(default)]
+    pub auto_register: Option<bool>,
+}
+
+/// How a sink's registry subject is named (the Confluent serializers'
+/// `subject.name.strategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value`: one schema lineage per topic.
+    #[default]
+    TopicName,
+    /// The schema's full name (`namespace.Name`): one lineage per record
+    /// type, shared by every topic that carries it.
+    RecordName,
+    /// `<topic>-<namespace.Name>`: one lineage per record type and topic.
+    TopicRecordName,
+}
+
+impl fmt::Display for SubjectStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SubjectStrategy::TopicName => "topic_name",
+            SubjectStrategy::RecordName => "record_name",
+            SubjectStrategy::TopicRecordName => "topic_record_name",
+        })
+    }
 }
 
 /// The dead-letter topic.
@@ -950,6 +1035,7 @@ fn apply_env(
     if let Some(id) = env(ENV_INSTANCE_ID).filter(|b| !b.trim().is_empty()) {
         config.kafka.instance_id = Some(id);
     }
+    apply_registry_env(config, file, env)?;
     let sections = [
         ("kafka.properties", &mut config.kafka.properties),
         (
@@ -971,6 +1057,50 @@ fn apply_env(
                 )
             })?;
         }
+    }
+    Ok(())
+}
+
+/// Expands `${NAME}` in the `registry` section, then applies the
+/// `MILLRACE_REGISTRY_*` overrides (which create the section if the file has
+/// none, so a deployment can point every pipeline at its registry).
+fn apply_registry_env(
+    config: &mut PipelineConfig,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(registry) = config.registry.as_mut() {
+        let fields = [
+            ("registry.url", Some(&mut registry.url)),
+            ("registry.username", registry.username.as_mut()),
+            ("registry.password", registry.password.as_mut()),
+        ];
+        for (path, value) in fields {
+            let Some(value) = value else { continue };
+            *value = expand_env(value, env).map_err(|missing| {
+                ConfigError::single(
+                    file,
+                    path,
+                    format!("environment variable `{missing}` is not set"),
+                )
+            })?;
+        }
+    }
+    let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    if let Some(url) = set(ENV_REGISTRY_URL) {
+        config.registry.get_or_insert_with(Default::default).url = url;
+    }
+    if let Some(user) = set(ENV_REGISTRY_USER) {
+        config
+            .registry
+            .get_or_insert_with(Default::default)
+            .username = Some(user);
+    }
+    if let Some(password) = set(ENV_REGISTRY_PASSWORD) {
+        config
+            .registry
+            .get_or_insert_with(Default::default)
+            .password = Some(password);
     }
     Ok(())
 }
@@ -1112,6 +1242,43 @@ sinks: {out: {topic: out}}
         assert_eq!(c.kafka.bootstrap, "10.0.0.1:9092");
         assert_eq!(c.kafka.properties["sasl.password"], "s3cret");
         assert_eq!(c.kafka.properties["note"], "literal ${NOT_A_VAR}");
+    }
+
+    #[test]
+    fn registry_settings_come_from_the_file_or_the_environment() {
+        let text = "
+pipeline: demo
+registry:
+  url: http://registry:8081
+  username: millrace
+  password: ${REGISTRY_PASSWORD}
+sources: [{topic: in}]
+sinks: {out: {topic: out}}
+";
+        let env = |name: &str| (name == "REGISTRY_PASSWORD").then(|| "s3cret".to_string());
+        let c = parse(text, Path::new("p.yaml"), &env).expect("parses");
+        let r = c.registry.expect("registry");
+        assert_eq!(r.url, "http://registry:8081");
+        assert_eq!(r.password.as_deref(), Some("s3cret"));
+
+        let err = parse(text, Path::new("p.yaml"), &no_env).unwrap_err();
+        assert_eq!(err.issues[0].path, "registry.password");
+
+        let env = |name: &str| match name {
+            "MILLRACE_REGISTRY_URL" => Some("http://other:8081".to_string()),
+            "MILLRACE_REGISTRY_USER" => Some("ops".to_string()),
+            _ => None,
+        };
+        let c = parse(MINIMAL, Path::new("p.yaml"), &env).expect("parses");
+        let r = c.registry.expect("created by the environment");
+        assert_eq!(r.url, "http://other:8081");
+        assert_eq!(r.username.as_deref(), Some("ops"));
+        assert!(
+            parse(MINIMAL, Path::new("p.yaml"), &no_env)
+                .unwrap()
+                .registry
+                .is_none()
+        );
     }
 
     #[test]

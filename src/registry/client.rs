@@ -174,6 +174,21 @@ impl RegistryClient {
         })
     }
 
+    /// The same client with another bound on each request (30 s by
+    /// default). Pipelines look schemas up while a transaction is open and
+    /// must give up well before it times out.
+    pub fn with_timeout(mut self, timeout: Duration) -> Result<RegistryClient, ClientError> {
+        self.http = Client::builder()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| ClientError::Url {
+                url: self.base.to_string(),
+                message: format!("cannot build the HTTP client: {e}"),
+            })?;
+        Ok(self)
+    }
+
     /// The registry's base URL (without credentials).
     pub fn url(&self) -> &str {
         self.base.as_str()
