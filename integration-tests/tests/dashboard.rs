@@ -108,7 +108,7 @@ fn produce_waveforms(topic: String, running: Arc<AtomicBool>) -> anyhow::Result<
     Ok(sent)
 }
 
-fn pipeline(name: &str, source: &str, steps: &str, sink: &str, dir: &Path) -> String {
+fn pipeline(name: &str, source: &str, steps: &str, sink: &str, dead: &str, dir: &Path) -> String {
     format!(
         r#"
 pipeline: {name}
@@ -116,6 +116,7 @@ sources: [{source}]
 steps:
 {steps}
 sinks: {{out: {{topic: {sink}}}}}
+dead_letter: {{topic: {dead}}}
 state: {{dir: {dir}}}
 http: {{listen: "127.0.0.1:{{ops_port}}"}}
 "#,
@@ -156,13 +157,14 @@ fn dashboard_draws_waveforms_shows_heart_rates_and_raises_alerts() -> anyhow::Re
     }
 
     let name = unique("dash");
-    let (waves, hr, alerts) = (
+    let (waves, hr, alerts, dead) = (
         format!("{name}-waveforms"),
         format!("{name}-heart-rate"),
         format!("{name}-alerts"),
+        format!("{name}-dead-letters"),
     );
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(create_topics(&[(&waves, 2), (&hr, 2), (&alerts, 2)]))?;
+    rt.block_on(create_topics(&[(&waves, 2), (&hr, 2), (&alerts, 2), (&dead, 1)]))?;
 
     let state = tempfile::tempdir()?;
     let hr_pipeline = format!("{name}-hr");
@@ -172,6 +174,7 @@ fn dashboard_draws_waveforms_shows_heart_rates_and_raises_alerts() -> anyhow::Re
             &format!("{{topic: {waves}, format: waveform}}"),
             "  - rpeaks: {}",
             &hr,
+            &dead,
             state.path(),
         ))?,
         Millrace::start(&pipeline(
@@ -179,6 +182,7 @@ fn dashboard_draws_waveforms_shows_heart_rates_and_raises_alerts() -> anyhow::Re
             &format!("{{topic: {hr}}}"),
             "  - threshold: {value: value.hr_rolling, above: 140, hysteresis: 10, for: 5s}",
             &alerts,
+            &dead,
             state.path(),
         ))?,
         Millrace::start(&pipeline(
@@ -186,6 +190,7 @@ fn dashboard_draws_waveforms_shows_heart_rates_and_raises_alerts() -> anyhow::Re
             &format!("{{topic: {waves}, format: waveform}}"),
             "  - stale: {after: 4s}",
             &alerts,
+            &dead,
             state.path(),
         ))?,
     ];
