@@ -5,10 +5,13 @@
 //    rate and a drawn waveform; checks that each canvas changes over time
 //    (the trace scrolls); waits for the anomaly device's alert badge; saves
 //    screenshots. Prints {"phase":"live", ...} as one JSON line.
-// 2. Waits for a line on stdin (the test has stopped the producer and the
+// 2. Waits for a line on stdin (the test has restarted the gateway), waits
+//    until every stream is live again, and prints {"phase":"resumed", ...}
+//    with each tile's waveform continuity (batches, gaps, repeats).
+// 3. Waits for a line on stdin (the test has stopped the producer and the
 //    pipelines have caught up), then prints {"phase":"settled","hr":{...}}:
 //    the heart rate text each tile shows.
-// 3. Waits until every tile shows the stale badge; prints
+// 4. Waits until every tile shows the stale badge; prints
 //    {"phase":"stale", ...} and exits.
 //
 // node dashboard.mjs <dashboard URL> <comma-separated devices> <anomaly device> <screenshot>...
@@ -56,11 +59,13 @@ const browser = await chromium.launch({
 });
 let code = 0;
 try {
-  const tab = await browser.newPage({ viewport: { width: 1100, height: 620 } });
+  const tab = await browser.newPage({ viewport: { width: 1100, height: 570 } });
   const errors = [];
   tab.on('console', (m) => {
-    console.error('[page]', m.type(), m.text());
-    if (m.type() === 'error') errors.push(m.text());
+    // The test's own canvas reads make Chromium suggest willReadFrequently.
+    if (!m.text().includes('willReadFrequently')) console.error('[page]', m.type(), m.text());
+    // Refused connections while the test restarts the gateway are expected.
+    if (m.type() === 'error' && !m.text().includes('net::ERR_')) errors.push(m.text());
   });
   tab.on('pageerror', (e) => errors.push(e.message));
   await tab.goto(url);
@@ -89,6 +94,21 @@ try {
     phase: 'live', before, after, streams, badges, alertTile, badgeColor,
     hr: await texts(tab, '.hr-value'), summary: await tab.textContent('#summary'), errors,
   });
+
+  // The test restarts the gateway: every stream must come back and the
+  // waveforms must continue without a gap or a repeated batch.
+  await lines.next();
+  await tab.waitForFunction(() => [...document.querySelectorAll('.tile .stream')]
+    .every((s) => s.dataset.state === 'live' && Number(s.dataset.reconnects) >= 1),
+  null, { timeout: 60000, polling: 200 });
+  await tab.waitForTimeout(1500);
+  const continuity = await tab.evaluate((ids) => Object.fromEntries(ids.map((id) => {
+    const { batches, gaps, repeats } = document.querySelector(`.tile[data-device="${id}"]`).dataset;
+    return [id, { batches: Number(batches), gaps: Number(gaps), repeats: Number(repeats) }];
+  })), devices);
+  const reconnects = await tab.evaluate(() => [...document.querySelectorAll('.tile:first-child .stream')]
+    .map((s) => `${s.dataset.stream}=${s.dataset.reconnects}`));
+  say({ phase: 'resumed', continuity, reconnects });
 
   // The test stops the producer and waits for the pipelines; then read.
   await lines.next();

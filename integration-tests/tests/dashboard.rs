@@ -6,7 +6,8 @@
 //! `integration-tests/browser/dashboard.mjs`). The page must draw every
 //! waveform (canvas pixels change), show the heart rates the pipeline
 //! committed, raise the alert of the device whose heart rate jumps to
-//! 160 bpm, and mark every device stale once the data stops. Saves
+//! 160 bpm, resume every stream without a gap or a repeat after a gateway
+//! restart, and mark every device stale once the data stops. Saves
 //! `docs/dashboard.png` (the README's picture) and a copy in a temporary
 //! directory.
 //!
@@ -153,7 +154,11 @@ fn dashboard_draws_waveforms_shows_heart_rates_and_raises_alerts() -> anyhow::Re
             .args(["ci", "--no-audit", "--no-fund"])
             .current_dir(&browser_dir)
             .status()?;
-        anyhow::ensure!(status.success(), "npm ci in {} failed", browser_dir.display());
+        anyhow::ensure!(
+            status.success(),
+            "npm ci in {} failed",
+            browser_dir.display()
+        );
     }
 
     let name = unique("dash");
@@ -164,7 +169,12 @@ fn dashboard_draws_waveforms_shows_heart_rates_and_raises_alerts() -> anyhow::Re
         format!("{name}-dead-letters"),
     );
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(create_topics(&[(&waves, 2), (&hr, 2), (&alerts, 2), (&dead, 1)]))?;
+    rt.block_on(create_topics(&[
+        (&waves, 2),
+        (&hr, 2),
+        (&alerts, 2),
+        (&dead, 1),
+    ]))?;
 
     let state = tempfile::tempdir()?;
     let hr_pipeline = format!("{name}-hr");
@@ -271,7 +281,10 @@ dashboard:
             before["lit"].as_u64().unwrap_or(0) > 100,
             "{device}: no trace drawn: {before}"
         );
-        assert_ne!(before["hash"], after["hash"], "{device}: the trace does not move");
+        assert_ne!(
+            before["hash"], after["hash"],
+            "{device}: the trace does not move"
+        );
     }
     assert_eq!(
         live["streams"],
@@ -287,11 +300,51 @@ dashboard:
         live["badges"]
     );
     for device in devices.iter().filter(|d| **d != ANOMALY) {
-        assert!(live["badges"][device].is_null(), "{device}: {}", live["badges"]);
+        assert!(
+            live["badges"][device].is_null(),
+            "{device}: {}",
+            live["badges"]
+        );
     }
-    assert!(readme_picture.exists() && copy.exists(), "screenshots saved");
+    assert!(
+        readme_picture.exists() && copy.exists(),
+        "screenshots saved"
+    );
 
-    // Phase 2: stop the data, let the pipelines catch up, compare.
+    // Phase 2: restart the gateway; the page must resume every stream
+    // exactly where it was.
+    gw.stop_cleanly()?;
+    gw.restart()?;
+    gw.wait_ready(Duration::from_secs(60))?;
+    writeln!(to_script, "restarted")?;
+    let resumed = next_line(&mut lines, "resumed")?;
+    // Each stream was lost at least once (the script waits for that).
+    for stream in resumed["reconnects"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        let count = stream
+            .as_str()
+            .and_then(|s| s.split_once('='))
+            .and_then(|(_, n)| n.parse::<u32>().ok());
+        assert!(count >= Some(1), "{}", resumed["reconnects"]);
+    }
+    for device in &devices {
+        let c = &resumed["continuity"][device];
+        assert!(c["batches"].as_u64().unwrap_or(0) > 20, "{device}: {c}");
+        assert_eq!(
+            (c["gaps"].as_u64(), c["repeats"].as_u64()),
+            (Some(0), Some(0)),
+            "{device}: the waveform did not resume exactly: {c}"
+        );
+    }
+    progress(&format!(
+        "after a gateway restart: {}",
+        resumed["continuity"]
+    ));
+
+    // Phase 3: stop the data, let the pipelines catch up, compare.
     stop_producer(&running);
     let sent = producer
         .join()
@@ -338,7 +391,7 @@ dashboard:
         settled["hr"]
     ));
 
-    // Phase 3: silence makes every device stale.
+    // Phase 4: silence makes every device stale.
     let stale = next_line(&mut lines, "stale")?;
     assert_eq!(stale["errors"], serde_json::json!([]), "page errors");
     let status = script.wait()?;

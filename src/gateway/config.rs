@@ -589,8 +589,16 @@ pub fn validate(config: &GatewayConfig) -> Vec<ConfigIssue> {
     let d = &config.dashboard;
     if d.enabled {
         for (path, name, format) in [
-            ("dashboard.waveform_topic", &d.waveform_topic, TopicFormat::Raw),
-            ("dashboard.heart_rate_topic", &d.heart_rate_topic, TopicFormat::Json),
+            (
+                "dashboard.waveform_topic",
+                &d.waveform_topic,
+                TopicFormat::Raw,
+            ),
+            (
+                "dashboard.heart_rate_topic",
+                &d.heart_rate_topic,
+                TopicFormat::Json,
+            ),
             ("dashboard.alerts_topic", &d.alerts_topic, TopicFormat::Json),
         ] {
             match config.topic(name) {
@@ -600,7 +608,10 @@ pub fn validate(config: &GatewayConfig) -> Vec<ConfigIssue> {
                 ),
                 Some(t) if t.format != format => issue(
                     path,
-                    format!("`{name}` must be bridged with format: {format}, not {}", t.format),
+                    format!(
+                        "`{name}` must be bridged with format: {format}, not {}",
+                        t.format
+                    ),
                 ),
                 Some(_) => {}
             }
@@ -715,7 +726,10 @@ dashboard: {enabled: true, title: Ward 3}
         );
         assert!(issues[0].message.contains("raw"), "{issues:?}");
         assert!(issues[1].message.contains("not bridged"), "{issues:?}");
-        let fixed = text.replace("format: json}", "format: raw}\n  - {topic: telemetry-alerts}");
+        let fixed = text.replace(
+            "format: json}",
+            "format: raw}\n  - {topic: telemetry-alerts}",
+        );
         let c = parse(&fixed, Path::new("g.yaml"), &no_env).expect("parses");
         assert!(validate(&c).is_empty(), "{:?}", validate(&c));
         assert_eq!(c.dashboard.title, "Ward 3");

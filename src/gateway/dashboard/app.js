@@ -36,6 +36,8 @@ const utf8 = new TextDecoder();
 
 const devices = new Map();
 const streams = { wave: 'connecting', hr: 'connecting', alerts: 'connecting' };
+/** Times each stream was lost, shown as data-reconnects on its indicator. */
+const reconnects = { wave: 0, hr: 0, alerts: 0 };
 let config = null;
 let token = null;
 
@@ -60,6 +62,7 @@ function backoff(attempt) {
 }
 
 function setStream(name, state) {
+  if (state === 'reconnecting' && streams[name] !== 'reconnecting') reconnects[name]++;
   streams[name] = state;
   for (const dev of devices.values()) showStream(dev, name);
   updateSummary();
@@ -68,6 +71,7 @@ function setStream(name, state) {
 function showStream(dev, name) {
   const el = dev.el.querySelector(`[data-stream="${name}"]`);
   el.dataset.state = streams[name];
+  el.dataset.reconnects = reconnects[name];
   el.querySelector('i').textContent = streams[name];
 }
 
@@ -104,6 +108,9 @@ function device(id) {
     badge: el.querySelector('.badge'),
     batches: [], // {t0, rate, samples}, oldest first
     newest: -Infinity, // ms of the end of the newest batch
+    // Continuity of the waveform, as data-* attributes of the tile: a gap
+    // or a repeated batch would mean a reconnect did not resume exactly.
+    stats: { batches: 0, gaps: 0, repeats: 0 },
     offset: null, // sample time minus performance.now(), ms
     lo: -0.5, // mV at the bottom and top of the canvas
     hi: 1.5,
@@ -176,6 +183,13 @@ function parseFrame(buffer) {
 function addBatch(id, batch) {
   const dev = device(id);
   const end = batch.t0 + (batch.samples.length * 1000) / batch.rate;
+  const halfStep = 500 / batch.rate;
+  if (dev.stats.batches > 0) {
+    if (batch.t0 > dev.newest + halfStep) dev.stats.gaps++;
+    else if (batch.t0 < dev.newest - halfStep) dev.stats.repeats++;
+  }
+  dev.stats.batches++;
+  Object.assign(dev.el.dataset, dev.stats);
   dev.batches.push({ t0: batch.t0, rate: batch.rate, samples: batch.samples });
   dev.newest = Math.max(dev.newest, end);
   const keepFrom = dev.newest - KEEP_MS;

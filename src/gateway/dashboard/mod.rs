@@ -50,7 +50,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/dashboard", get(page))
         // The page uses relative URLs, which resolve from `/dashboard` only.
-        .route("/dashboard/", get(|| async { Redirect::permanent("../dashboard") }))
+        .route(
+            "/dashboard/",
+            get(|| async { Redirect::permanent("../dashboard") }),
+        )
         .route("/dashboard/app.js", get(script))
         .route("/dashboard/app.css", get(style))
         .route("/dashboard/config.json", get(config))
