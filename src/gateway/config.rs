@@ -41,6 +41,8 @@ pub struct GatewayConfig {
     pub latest: LatestConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
 }
 
 /// Kafka connection.
@@ -311,6 +313,42 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// The live telemetry page at `/dashboard` (see [`super::dashboard`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Serve the page. Default false.
+    pub enabled: bool,
+    /// Waveform batches (`format: raw`, one MRWF batch per record, keyed by
+    /// device). Default `telemetry-waveforms`.
+    pub waveform_topic: String,
+    /// Beats with `hr_rolling` (the `rpeaks` step's output), keyed by
+    /// device. Default `telemetry-heart-rate`.
+    pub heart_rate_topic: String,
+    /// Threshold and stale events, keyed by device. Default
+    /// `telemetry-alerts`.
+    pub alerts_topic: String,
+    /// Heading and window title. Default `Millrace telemetry`.
+    pub title: String,
+    /// How far back the page replays alerts when it opens, so that an alert
+    /// raised before it still shows. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub alerts_lookback: Duration,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig {
+            enabled: false,
+            waveform_topic: "telemetry-waveforms".into(),
+            heart_rate_topic: "telemetry-heart-rate".into(),
+            alerts_topic: "telemetry-alerts".into(),
+            title: "Millrace telemetry".into(),
+            alerts_lookback: Duration::from_secs(3600),
+        }
+    }
+}
+
 impl GatewayConfig {
     /// The topic's settings, if it is bridged.
     pub fn topic(&self, name: &str) -> Option<&TopicConfig> {
@@ -548,6 +586,40 @@ pub fn validate(config: &GatewayConfig) -> Vec<ConfigIssue> {
     if config.limits.request_burst == 0 {
         issue("limits.request_burst", "must be at least 1".into());
     }
+    let d = &config.dashboard;
+    if d.enabled {
+        for (path, name, format) in [
+            (
+                "dashboard.waveform_topic",
+                &d.waveform_topic,
+                TopicFormat::Raw,
+            ),
+            (
+                "dashboard.heart_rate_topic",
+                &d.heart_rate_topic,
+                TopicFormat::Json,
+            ),
+            ("dashboard.alerts_topic", &d.alerts_topic, TopicFormat::Json),
+        ] {
+            match config.topic(name) {
+                None => issue(
+                    path,
+                    format!("`{name}` is not bridged: add it to `topics` (format: {format})"),
+                ),
+                Some(t) if t.format != format => issue(
+                    path,
+                    format!(
+                        "`{name}` must be bridged with format: {format}, not {}",
+                        t.format
+                    ),
+                ),
+                Some(_) => {}
+            }
+        }
+        if d.title.trim().is_empty() {
+            issue("dashboard.title", "must not be empty".into());
+        }
+    }
     issues
 }
 
@@ -629,6 +701,38 @@ subscribers: {buffer_events: 0, heartbeat: 20s, pong_timeout: 10s}
                 "{expected} not in {paths:?}"
             );
         }
+    }
+
+    #[test]
+    fn dashboard_topics_must_be_bridged_with_their_formats() {
+        let off = parse(MINIMAL, Path::new("g.yaml"), &no_env).expect("parses");
+        assert!(!off.dashboard.enabled);
+        assert_eq!(off.dashboard.waveform_topic, "telemetry-waveforms");
+        let text = "
+gateway: g
+topics:
+  - {topic: telemetry-waveforms, format: json}
+  - {topic: telemetry-heart-rate}
+auth: {mode: open}
+dashboard: {enabled: true, title: Ward 3}
+";
+        let c = parse(text, Path::new("g.yaml"), &no_env).expect("parses");
+        let issues = validate(&c);
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["dashboard.waveform_topic", "dashboard.alerts_topic"],
+            "{issues:?}"
+        );
+        assert!(issues[0].message.contains("raw"), "{issues:?}");
+        assert!(issues[1].message.contains("not bridged"), "{issues:?}");
+        let fixed = text.replace(
+            "format: json}",
+            "format: raw}\n  - {topic: telemetry-alerts}",
+        );
+        let c = parse(&fixed, Path::new("g.yaml"), &no_env).expect("parses");
+        assert!(validate(&c).is_empty(), "{:?}", validate(&c));
+        assert_eq!(c.dashboard.title, "Ward 3");
     }
 
     #[test]

@@ -15,9 +15,11 @@
 //! - [`auth`] (JWT), [`limits`], [`request`] (admission and errors),
 //!   [`query`] (parameters), [`selection`] (keys and filters), [`record`]
 //!   (what subscribers receive), [`decode`] (value formats; the Avro seam).
+//! - [`dashboard`]: the live telemetry page at `/dashboard`.
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod decode;
 pub mod history;
 pub mod kafka;

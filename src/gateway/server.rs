@@ -12,6 +12,7 @@
 //! | `/v1/topics/{topic}/latest` | latest record per key |
 //! | `/v1/topics/{topic}/records` | a page of records from a position |
 //! | `/metrics`, `/healthz`, `/readyz` | operations (on `http.ops_listen` if set) |
+//! | `/dashboard` | the telemetry page, if `dashboard.enabled` ([`super::dashboard`]) |
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,7 +40,7 @@ use super::limits::{RateLimiter, SubscriberLimits};
 use super::listener::{ClientAddr, StallListener};
 use super::metrics::GatewayMetrics;
 use super::tail::{self, TopicHub};
-use super::{Gateway, rest, sse, ws};
+use super::{Gateway, dashboard, rest, sse, ws};
 
 /// Exit code for a configuration the program refuses.
 const EXIT_CONFIG: u8 = 2;
@@ -278,6 +279,10 @@ fn api_router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/topics/{topic}/latest", get(rest::latest))
         .route("/v1/topics/{topic}/records", get(rest::records))
         .with_state(gateway.clone());
+    if gateway.config.dashboard.enabled {
+        router = router.merge(dashboard::router(gateway.clone()));
+        info!("serving the dashboard at /dashboard");
+    }
     if !cors.allowed_origins.is_empty() {
         let mut layer = CorsLayer::new()
             .allow_methods([Method::GET])
