@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use tracing::{error, info};
@@ -53,6 +55,9 @@ pub struct GenArgs {
     /// Topic of vitals readings (JSON).
     #[arg(long, default_value = "telemetry-vitals")]
     vitals_topic: String,
+    /// Partitions of the topics, when the generator creates them.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
     /// Stop after this long (default: until SIGINT / SIGTERM).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -128,19 +133,7 @@ fn generate(args: &GenArgs, stop: &AtomicBool) -> anyhow::Result<()> {
         .set("compression.type", "lz4")
         .create()
         .context("creating the producer")?;
-    for topic in [&args.waveform_topic, &args.vitals_topic] {
-        let metadata = producer
-            .client()
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("reading metadata of {topic} from {}", args.bootstrap))?;
-        if metadata
-            .topics()
-            .first()
-            .is_none_or(|t| t.partitions().is_empty())
-        {
-            bail!("topic {topic} does not exist (create it, e.g. with `millrace topics create`)");
-        }
-    }
+    create_missing_topics(args)?;
     info!(
         devices = args.devices,
         seed = args.seed,
@@ -183,6 +176,31 @@ fn generate(args: &GenArgs, stop: &AtomicBool) -> anyhow::Result<()> {
         .flush(Duration::from_secs(30))
         .context("flushing the last records")?;
     info!(records, "generator done");
+    Ok(())
+}
+
+/// Creates the output topics that do not exist yet (`--partitions`,
+/// replication 1: a generator is for development and demos).
+fn create_missing_topics(args: &GenArgs) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .create()
+        .context("creating the admin client")?;
+    let topics = [&args.waveform_topic, &args.vitals_topic];
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, args.partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = futures::executor::block_on(admin.create_topics(new.iter(), &options))
+        .with_context(|| format!("creating topics on {}", args.bootstrap))?;
+    for result in results {
+        match result {
+            Ok(name) => info!(topic = %name, "created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("creating topic {name}: {code}"),
+        }
+    }
     Ok(())
 }
 
