@@ -976,3 +976,73 @@ fn sigterm_tells_every_subscriber_to_reconnect() -> anyhow::Result<()> {
     assert_eq!(code, Some(0), "exit code; log:\n{}", gw.log_tail(30));
     Ok(())
 }
+
+/// An Avro topic: Confluent-framed records written with a schema from the
+/// registry reach subscribers as JSON, and a record that is not framed
+/// arrives as undecodable with the reason, without stopping the others.
+#[test]
+fn avro_topics_are_decoded_with_the_registry() -> anyhow::Result<()> {
+    use millrace::avro::{Encoder, ParsedSchema};
+    use millrace::registry::client::{NewSchema, RegistryClient};
+    use millrace_integration_tests::registry::Registry;
+
+    const SCHEMA: &str = r#"{"type": "record", "name": "Reading", "fields": [
+        {"name": "device", "type": "string"}, {"name": "hr", "type": "int"}]}"#;
+    let rt = runtime();
+    let topic = unique("gw-avro");
+    rt.block_on(create_topics(&[(&topic, 1)]))?;
+    let mut registry = Registry::start(&unique("schemas"))?;
+    registry.wait_ready(Duration::from_secs(60))?;
+    let client = RegistryClient::new(&registry.url(), None)?;
+    let id = client.register(&format!("{topic}-value"), &NewSchema::avro(SCHEMA))?;
+    let encoder = Encoder::new(
+        Arc::new(ParsedSchema::parse(SCHEMA).map_err(|e| anyhow::anyhow!("{e}"))?),
+        id,
+    );
+    let mut records: Vec<(String, i32, Vec<u8>)> = (0..5)
+        .map(|i| {
+            let value = json!({"device": format!("d{i}"), "hr": 60 + i});
+            let bytes = encoder.encode(&value).expect("encodes");
+            (format!("d{i}"), 0, bytes)
+        })
+        .collect();
+    records.insert(2, ("stray".into(), 0, br#"{"json": true}"#.to_vec()));
+    rt.block_on(millrace_integration_tests::produce_to(
+        &millrace_integration_tests::producer(),
+        &topic,
+        &records,
+    ))?;
+    let mut gw = Millrace::start_gateway(&gateway_yaml(
+        &format!("  - {{topic: {topic}, format: avro}}"),
+        &format!("registry: {{url: \"{}\"}}", registry.url()),
+    ))?;
+    gw.wait_ready(Duration::from_secs(60))?;
+    let page: Value = reqwest::blocking::Client::new()
+        .get(url(
+            &gw,
+            &format!("/v1/topics/{topic}/records?start=earliest"),
+        ))
+        .header("authorization", format!("Bearer {}", token_for(&[&topic])))
+        .send()?
+        .json()?;
+    let got = page["records"].as_array().cloned().unwrap_or_default();
+    assert_eq!(got.len(), 6, "{page}");
+    for (i, r) in got.iter().enumerate() {
+        if i == 2 {
+            assert!(r["value"].is_null(), "{r}");
+            assert!(
+                r["error"].as_str().unwrap_or_default().contains("magic"),
+                "{r}"
+            );
+        } else {
+            let n = if i < 2 { i } else { i - 1 };
+            assert_eq!(
+                r["value"],
+                json!({"device": format!("d{n}"), "hr": 60 + n}),
+                "{r}"
+            );
+        }
+    }
+    gw.stop_cleanly()?;
+    Ok(())
+}

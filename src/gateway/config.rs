@@ -43,6 +43,11 @@ pub struct GatewayConfig {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub dashboard: DashboardConfig,
+    /// The schema registry, for `avro` topics: `{url, username,
+    /// password}`; `MILLRACE_REGISTRY_URL`, `MILLRACE_REGISTRY_USER` and
+    /// `MILLRACE_REGISTRY_PASSWORD` override it.
+    #[serde(default)]
+    pub registry: Option<crate::config::RegistryConfig>,
 }
 
 /// Kafka connection.
@@ -407,6 +412,9 @@ pub fn parse(
         };
         ConfigError::single(file, path, e.to_string())
     })?;
+    if let Some(url) = env(crate::config::ENV_REGISTRY_URL).filter(|u| !u.trim().is_empty()) {
+        config.registry.get_or_insert_with(Default::default).url = url;
+    }
     if let Some(bootstrap) = env(ENV_BOOTSTRAP).filter(|b| !b.trim().is_empty()) {
         config.kafka.bootstrap = bootstrap;
     }
@@ -468,10 +476,10 @@ pub fn validate(config: &GatewayConfig) -> Vec<ConfigIssue> {
                 format!("`{}` is listed twice", topic.topic),
             );
         }
-        if topic.format == TopicFormat::Avro {
+        if topic.format == TopicFormat::Avro && config.registry.is_none() {
             issue(
                 &format!("topics[{i}].format"),
-                super::decode::unsupported_avro(),
+                super::decode::avro_needs_registry(),
             );
         }
     }

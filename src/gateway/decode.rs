@@ -6,9 +6,8 @@
 //! - `raw`: opaque bytes (f32 waveform batches, images, ...). Never decoded:
 //!   WebSocket binary frames carry them untouched, JSON messages carry them
 //!   as base64. Filters see `value` as null.
-//! - `avro`: decoded to JSON by a [`StructuredDecoder`]. The Avro support
-//!   (`src/avro/`) plugs in by implementing that trait; until it is there a
-//!   gateway file naming an `avro` topic is refused at load.
+//! - `avro`: Confluent-framed Avro decoded to JSON by a [`StructuredDecoder`]
+//!   ([`super::avro`]), with writer schemas from the `registry:`.
 //!
 //! Pure functions, no I/O.
 
@@ -41,10 +40,10 @@ impl fmt::Display for TopicFormat {
     }
 }
 
-/// Message for `format: avro` until the Avro decoder is wired in.
-pub fn unsupported_avro() -> String {
-    "format `avro` is not supported by the gateway yet (it arrives with Avro and \
-     schema registry support); use `json` or `raw`"
+/// Message for an `avro` topic in a gateway file without a registry.
+pub fn avro_needs_registry() -> String {
+    "an `avro` topic needs the schema registry: add `registry: {url: ...}` \
+     (or set MILLRACE_REGISTRY_URL)"
         .to_string()
 }
 
@@ -89,12 +88,19 @@ pub enum Value {
 }
 
 impl Decoder {
-    /// The decoder for a format, or why there is none.
-    pub fn for_format(format: TopicFormat) -> Result<Decoder, String> {
+    /// The decoder for a format, or why there is none (Avro needs the
+    /// registry).
+    pub fn for_format(
+        format: TopicFormat,
+        registry: Option<&crate::config::RegistryConfig>,
+    ) -> Result<Decoder, String> {
         match format {
             TopicFormat::Json => Ok(Decoder::Json),
             TopicFormat::Raw => Ok(Decoder::Raw),
-            TopicFormat::Avro => Err(unsupported_avro()),
+            TopicFormat::Avro => match registry {
+                Some(r) => Ok(Decoder::Structured(super::avro::AvroTopicDecoder::new(r))),
+                None => Err(avro_needs_registry()),
+            },
         }
     }
 
@@ -152,12 +158,20 @@ mod tests {
     }
 
     #[test]
-    fn avro_is_refused_until_it_lands_and_plugs_in_through_the_trait() {
+    fn avro_needs_a_registry_and_decoders_plug_in_through_the_trait() {
         assert!(
-            Decoder::for_format(TopicFormat::Avro)
+            Decoder::for_format(TopicFormat::Avro, None)
                 .unwrap_err()
-                .contains("not supported")
+                .contains("registry")
         );
+        let registry = crate::config::RegistryConfig {
+            url: "http://127.0.0.1:1".into(),
+            username: None,
+            password: None,
+        };
+        let avro = Decoder::for_format(TopicFormat::Avro, Some(&registry)).expect("decoder");
+        // Not Confluent-framed: refused before any registry call.
+        assert!(matches!(avro.decode(Some(b"{}")), Value::Invalid { .. }));
         struct Upper;
         impl StructuredDecoder for Upper {
             fn decode(&self, payload: &[u8]) -> Result<Json, String> {

@@ -18,6 +18,7 @@
 //! - [`dashboard`]: the live telemetry page at `/dashboard`.
 
 pub mod auth;
+pub mod avro;
 pub mod config;
 pub mod dashboard;
 pub mod decode;

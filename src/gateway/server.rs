@@ -103,7 +103,7 @@ async fn serve(config: GatewayConfig, auth: Authenticator) -> ExitCode {
         let partitions = tokio::task::spawn_blocking(move || m.partitions(&name))
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
-        let decoder = match Decoder::for_format(topic.format) {
+        let decoder = match Decoder::for_format(topic.format, config.registry.as_ref()) {
             Ok(d) => d,
             Err(e) => {
                 error!(topic = %topic.topic, error = %e, "unsupported format");

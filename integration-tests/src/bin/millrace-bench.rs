@@ -167,7 +167,8 @@ fn throughput_run(
     let pipeline = format!("{name}-{guarantee}").replace('_', "-");
     let output = format!("{pipeline}-out");
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(create_topics(&[(&output, PARTITIONS)]))?;
+    let dead = format!("{pipeline}-dead-letter");
+    rt.block_on(create_topics(&[(&output, PARTITIONS), (&dead, 1)]))?;
     let state = tempfile::tempdir()?;
     let yaml = format!(
         r#"
@@ -239,10 +240,12 @@ fn restart_runs(name: &str, state_mib: usize) -> anyhow::Result<String> {
         format!("{name}-table"),
         format!("{name}-joined"),
     );
+    let dead = format!("{name}-restart-dead-letter");
     rt.block_on(create_topics(&[
         (&stream, PARTITIONS),
         (&table, PARTITIONS),
         (&output, 1),
+        (&dead, 1),
     ]))?;
     const ROW: usize = 10_000;
     let rows = state_mib * 1024 * 1024 / ROW;
