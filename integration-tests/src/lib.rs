@@ -11,6 +11,8 @@
 //! parallel against one broker.
 
 pub mod bench;
+pub mod compare;
+pub mod process;
 
 use std::collections::HashMap;
 use std::io::Write;
