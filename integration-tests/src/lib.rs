@@ -496,6 +496,11 @@ impl Millrace {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+
+    /// The process's log file (appended to by every restart).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
 }
 
 impl Drop for Millrace {

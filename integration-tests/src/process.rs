@@ -29,6 +29,20 @@ pub trait Engine {
     /// Waits until the process (since its last start) says it is running:
     /// Millrace's `/readyz` answers 200; an [`App`] logs `state RUNNING`.
     fn wait_running(&mut self, within: Duration) -> anyhow::Result<()>;
+    /// Its log file, which every restart appends to.
+    fn log_file(&self) -> &Path;
+}
+
+/// The log written after byte `from` of `log` (its length when a restart
+/// began, say).
+pub fn log_since(log: &Path, from: u64) -> String {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default()).into_owned()
+}
+
+/// The current length of a log file.
+pub fn log_len(log: &Path) -> u64 {
+    std::fs::metadata(log).map_or(0, |m| m.len())
 }
 
 impl Engine for Millrace {
@@ -52,6 +66,9 @@ impl Engine for Millrace {
     }
     fn wait_running(&mut self, within: Duration) -> anyhow::Result<()> {
         self.wait_ready(within)
+    }
+    fn log_file(&self) -> &Path {
+        self.log_path()
     }
 }
 
@@ -186,6 +203,10 @@ impl Engine for App {
 
     fn wait_running(&mut self, within: Duration) -> anyhow::Result<()> {
         self.wait_log("state RUNNING", within)
+    }
+
+    fn log_file(&self) -> &Path {
+        &self.log
     }
 }
 

@@ -75,6 +75,17 @@ pub struct Profile {
     pub inclusive_top: Vec<(f64, String)>,
     /// (share of samples, thread name without digits).
     pub threads: Vec<(f64, String)>,
+    /// Per component (by self time, largest first): its share and its
+    /// functions by self time.
+    pub breakdown: Vec<Component>,
+}
+
+/// One component's self time and where in it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Component {
+    pub name: String,
+    pub share: f64,
+    pub functions: Vec<(f64, String)>,
 }
 
 impl Recording {
@@ -207,12 +218,17 @@ fn analyse(stacks: &[Stack], frequency: u32) -> Profile {
     let mut incl_comp: HashMap<&str, usize> = HashMap::new();
     let mut incl_fn: HashMap<&str, usize> = HashMap::new();
     let mut threads: HashMap<&str, usize> = HashMap::new();
+    let mut by_comp: HashMap<&str, HashMap<&str, usize>> = HashMap::new();
     for Stack { thread, frames: stack } in stacks {
         *threads.entry(thread).or_default() += 1;
         if let Some(leaf) = stack.first() {
+            let comp = component(leaf).unwrap_or("other");
             *self_fn.entry(leaf).or_default() += 1;
-            *self_comp
-                .entry(component(leaf).unwrap_or("other"))
+            *self_comp.entry(comp).or_default() += 1;
+            *by_comp
+                .entry(comp)
+                .or_default()
+                .entry(leaf)
                 .or_default() += 1;
         }
         let mut comps: Vec<&str> = stack.iter().filter_map(|f| component(f)).collect();
@@ -237,6 +253,18 @@ fn analyse(stacks: &[Stack], frequency: u32) -> Profile {
         v.truncate(n);
         v
     };
+    let mut breakdown: Vec<Component> = by_comp
+        .into_iter()
+        .map(|(name, functions)| {
+            let n: usize = functions.values().sum();
+            Component {
+                name: name.to_string(),
+                share: n as f64 / total * 100.0,
+                functions: top(functions, 6),
+            }
+        })
+        .collect();
+    breakdown.sort_by(|a, b| b.share.total_cmp(&a.share));
     Profile {
         samples: stacks.len(),
         frequency,
@@ -245,6 +273,7 @@ fn analyse(stacks: &[Stack], frequency: u32) -> Profile {
         inclusive_components: top(incl_comp, 12),
         inclusive_top: top(incl_fn, 40),
         threads: top(threads, 10),
+        breakdown,
     }
 }
 

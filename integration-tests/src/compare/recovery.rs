@@ -20,6 +20,7 @@ use serde::Serialize;
 use super::engines::{Launcher, PARTITIONS, Running, START_WITHIN, System};
 use super::watch::Watcher;
 use crate::bench;
+use crate::process::{log_len, log_since};
 use crate::{create_topics, produce_to, producer, progress};
 
 /// Size of one table row's text.
@@ -33,6 +34,9 @@ pub struct Recovery {
     pub local_state: &'static str,
     /// Restart to the first new output committed.
     pub seconds: f64,
+    /// Changelog records restored before that output, as the system logged
+    /// them (None when it logged none).
+    pub restored_records: Option<u64>,
 }
 
 /// The loaded state of one system before its restarts.
@@ -140,6 +144,7 @@ pub fn recovery(
         if local_state == "deleted" {
             wipe(&run)?;
         }
+        let log_from = log_len(run.engine.log_file());
         let restarted = Instant::now();
         run.engine.restart()?;
         // A row the event joins with, on the row's partition.
@@ -169,14 +174,18 @@ pub fn recovery(
             std::thread::sleep(Duration::from_millis(20));
         }
         let seconds = restarted.elapsed().as_secs_f64();
+        let restored_records = restored(&log_since(run.engine.log_file(), log_from));
         progress(&format!(
-            "{}: restart with the local state {local_state}: first output after {seconds:.2} s",
-            system.label()
+            "{}: restart with the local state {local_state}: first output after {seconds:.2} s \
+             ({} changelog records restored)",
+            system.label(),
+            restored_records.map_or("no".into(), |n| n.to_string())
         ));
         restarts.push(Recovery {
             system,
             local_state,
             seconds,
+            restored_records,
         });
     }
     // Let the last restart settle before it is stopped.
@@ -184,6 +193,49 @@ pub fn recovery(
     watcher.finish()?;
     run.engine.stop()?;
     Ok((loaded, restarts))
+}
+
+/// Changelog records a restart restored, summed over the log lines that
+/// say so: Millrace's `restored ... records=N` and Kafka Streams' `Finished
+/// restoring changelog ... with a total number of N records`.
+fn restored(log: &str) -> Option<u64> {
+    let mut total = None;
+    for line in log.lines() {
+        let line = strip_ansi(line);
+        let n = if line.contains("restored") {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("records="))
+                .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().ok())
+        } else if line.contains("Finished restoring changelog") {
+            line.split_once("total number of ")
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+        } else {
+            None
+        };
+        if let Some(n) = n {
+            *total.get_or_insert(0) += n;
+        }
+    }
+    total
+}
+
+/// A log line without terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Deletes the local state, keeping the directory. Kafka Streams keeps its
@@ -224,4 +276,22 @@ fn wipe_dir_keeping_metadata(dir: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restored;
+
+    #[test]
+    fn restored_records_are_read_from_either_log() {
+        let millrace = "2025 INFO restored store=\"rows\" partition=0 full=true records=120 elapsed=1s\n\
+                        2025 INFO restored store=\"rows\" partition=1 full=true records=30 elapsed=1s";
+        assert_eq!(restored(millrace), Some(150));
+        let coloured = "\u{1b}[32m INFO\u{1b}[0m restored \u{1b}[3mrecords\u{1b}[0m\u{1b}[2m=\u{1b}[0m7";
+        assert_eq!(restored(coloured), Some(7));
+        let streams = "[t] INFO ... Finished restoring changelog app-rows-changelog-2 to store rows \
+                       with a total number of 26214 records";
+        assert_eq!(restored(streams), Some(26214));
+        assert_eq!(restored("state RUNNING"), None);
+    }
 }

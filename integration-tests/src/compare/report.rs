@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 
 use super::drain::Drain;
+use super::latency::Latency;
 use super::engines::{CLOSE_AFTER_MS, COMMIT_MS, Guarantee, System, WINDOW_MS};
 use super::{Options, Results};
 
@@ -71,7 +72,7 @@ fn num(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "–".into(), |v| format!("{v:.decimals$}"))
 }
 
-fn latency_of(results: &Results, system: System) -> Option<&super::latency::Latency> {
+fn latency_of(results: &Results, system: System) -> Option<&Latency> {
     results.latency.iter().find(|l| l.system == system)
 }
 
@@ -124,11 +125,13 @@ fn summary_rows(results: &Results) -> Vec<[String; 4]> {
             ratio(m, k),
         ]);
     }
-    for (label, f) in [
-        ("p50", (|l: &super::latency::Latency| l.p50_ms) as fn(&_) -> f64),
+    type Pick = fn(&Latency) -> f64;
+    let picks: [(&str, Pick); 3] = [
+        ("p50", |l| l.p50_ms),
         ("p99", |l| l.p99_ms),
         ("max", |l| l.max_ms),
-    ] {
+    ];
+    for (label, f) in picks {
         let (m, k) = pair(&|s| latency_of(results, s).map(f));
         if m.is_some() || k.is_some() {
             let rate = results.latency.first().map_or(0, |l| l.target_rate);
@@ -201,7 +204,7 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
         if r.java_opts.is_empty() {
             "(none)"
         } else {
-            &r.java_opts
+            r.java_opts.as_str()
         }
     )?;
     let shared = r.load_average_before > 1.0 || r.load_average_after > 1.0;
@@ -439,15 +442,19 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
             l.peak_rss_mib
         )?;
     }
-    writeln!(out, "\n| system | local state at restart | restart to first output |")?;
-    writeln!(out, "|---|---|---|")?;
+    writeln!(
+        out,
+        "\n| system | local state at restart | restart to first output | changelog records restored (from its log) |"
+    )?;
+    writeln!(out, "|---|---|---|---|")?;
     for x in &r.recovery {
         writeln!(
             out,
-            "| {} | {} | {:.2} s |",
+            "| {} | {} | {:.2} s | {} |",
             x.system.label(),
             x.local_state,
-            x.seconds
+            x.seconds,
+            x.restored_records.map_or("none logged".into(), |n| n.to_string())
         )?;
     }
     writeln!(out, "\n![recovery](charts/recovery.png)\n")?;
@@ -480,22 +487,64 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
             writeln!(out, "\n| thread | share of samples |")?;
             writeln!(out, "|---|---|")?;
             for (share, name) in &p.threads {
-                writeln!(out, "| `{name}` | {share:.1}% |")?;
+                writeln!(out, "| {} | {share:.1}% |", code(name))?;
             }
             writeln!(out, "\nFunctions by their own time:\n")?;
             writeln!(out, "| self | function |")?;
             writeln!(out, "|---|---|")?;
             for (share, name) in &p.self_top {
-                writeln!(out, "| {share:.1}% | `{name}` |")?;
+                writeln!(out, "| {share:.1}% | {} |", code(name))?;
+            }
+            writeln!(out, "\nEach component's functions by their own time:\n")?;
+            writeln!(out, "| component | functions |")?;
+            writeln!(out, "|---|---|")?;
+            for c in &p.breakdown {
+                writeln!(out, "| {} ({:.1}%) | {} |", c.name, c.share, functions(&c.functions))?;
             }
             writeln!(out, "\nFunctions by inclusive time (the first 40):\n")?;
             writeln!(out, "| inclusive | function |")?;
             writeln!(out, "|---|---|")?;
             for (share, name) in &p.inclusive_top {
-                writeln!(out, "| {share:.1}% | `{name}` |")?;
+                writeln!(out, "| {share:.1}% | {} |", code(name))?;
+            }
+            writeln!(out)?;
+            writeln!(out, "## Closing note: the top three costs\n")?;
+            writeln!(
+                out,
+                "By the profile above (self time, grouped by component), Millrace's three \
+                 largest costs while draining the backlog exactly-once were:\n"
+            )?;
+            for (i, c) in p
+                .breakdown
+                .iter()
+                .filter(|c| c.name != "other")
+                .take(3)
+                .enumerate()
+            {
+                writeln!(
+                    out,
+                    "{}. **{}**: {:.0}% of the samples; mostly {}.",
+                    i + 1,
+                    c.name,
+                    c.share,
+                    functions(&c.functions)
+                )?;
             }
             writeln!(out)?;
         }
     }
     Ok(out)
+}
+
+/// "`f` (12.0%), `g` (3.1%)".
+fn functions(list: &[(f64, String)]) -> String {
+    list.iter()
+        .map(|(share, name)| format!("{} ({share:.1}%)", code(name)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A name as inline code that cannot break a table row.
+fn code(name: &str) -> String {
+    format!("`{}`", name.replace('|', "\\|").replace('`', "'"))
 }
