@@ -264,3 +264,28 @@ fn produce_at(topic: &str, rate: u64, seconds: u64) -> anyhow::Result<Produced> 
         .context("flushing input")?;
     Ok(produced)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_closes_on_the_first_reading_past_its_end_plus_lateness() {
+        let produced = Produced {
+            started_ms: 0,
+            seconds: 1.0,
+            count: 4,
+            times: vec![vec![9_500, 10_999, 11_000, 11_002], Vec::new()],
+            windows: vec![BTreeSet::from([(0, 0), (4, 10_000)]), BTreeSet::new()],
+        };
+        // [0, 10 s) closes at event time 11 s exactly.
+        assert_eq!(produced.closer(0, WINDOW_MS + CLOSE_AFTER_MS), Some(11_000));
+        assert_eq!(produced.closer(0, 11_001), Some(11_002));
+        assert_eq!(produced.closer(0, 12_000), None);
+        assert_eq!(produced.closer(1, 0), None);
+        // Only the first window has closed by the last reading.
+        assert_eq!(produced.closed_windows(), 1);
+        assert_eq!(partition_of("dev-00042").unwrap(), 2);
+        assert!(partition_of("device-1").is_err());
+    }
+}
