@@ -48,6 +48,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Bridge Kafka topics to browsers and services over Server-Sent Events
+    /// and WebSocket (read_committed, exact resume), until SIGTERM or SIGINT.
+    Gateway {
+        /// The gateway file (YAML), e.g. config/gateway.yaml.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Manage the pipeline's topics.
     Topics {
         #[command(subcommand)]
@@ -68,6 +75,18 @@ enum Command {
         /// Apply the reset (default: only print what would happen).
         #[arg(long)]
         execute: bool,
+    },
+    /// Serve a Confluent-compatible schema registry whose state lives in a
+    /// compacted Kafka topic (`_schemas`), until SIGTERM or SIGINT.
+    /// Produce simulated telemetry (ECG waveforms and vitals of a fleet
+    /// of monitors, with injected anomalies and silences) to Kafka.
+    Gen(crate::generator::GenArgs),
+    Registry(crate::registry::cli::RegistryArgs),
+    /// Register or check Avro schemas (`.avsc` files) against a
+    /// Confluent-compatible registry.
+    Schemas {
+        #[command(subcommand)]
+        command: crate::registry::cli::SchemasCommand,
     },
 }
 
@@ -93,6 +112,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(&config),
+        Command::Gateway { config } => crate::gateway::run(&config),
         Command::Topics {
             command: TopicsCommand::Create { config },
         } => topics_create(&config),
@@ -101,6 +121,9 @@ pub fn main() -> ExitCode {
             to,
             execute,
         } => reset(&config, &to, execute),
+        Command::Gen(args) => crate::generator::main(args),
+        Command::Registry(args) => crate::registry::cli::registry(args),
+        Command::Schemas { command } => crate::registry::cli::schemas(command),
     }
 }
 
@@ -282,7 +305,7 @@ async fn serve(config: PipelineConfig) -> ExitCode {
 }
 
 /// Resolves on SIGTERM or SIGINT with the signal's name.
-async fn shutdown_signal() -> &'static str {
+pub(crate) async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => tokio::select! {

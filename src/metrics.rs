@@ -39,6 +39,9 @@ pub struct Metrics {
     pub state_restore_seconds: Histogram,
     /// Bytes of state writes buffered in the open transaction.
     pub state_pending_bytes: IntGauge,
+    /// Records held back (their partition paused, to be read again) because
+    /// the schema registry could not be reached for their writer schema.
+    pub registry_waits: IntCounter,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -129,6 +132,10 @@ impl Metrics {
             "millrace_state_pending_bytes",
             "Bytes of state writes buffered in the open transaction",
         ));
+        let registry_waits = must(IntCounter::new(
+            "millrace_registry_unavailable_total",
+            "Records held back because the schema registry could not be reached",
+        ));
         for collector in [
             Box::new(records_in.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(records_out.clone()),
@@ -142,6 +149,7 @@ impl Metrics {
             Box::new(state_restored_records.clone()),
             Box::new(state_restore_seconds.clone()),
             Box::new(state_pending_bytes.clone()),
+            Box::new(registry_waits.clone()),
         ] {
             must(registry.register(collector));
         }
@@ -159,6 +167,7 @@ impl Metrics {
             state_restored_records,
             state_restore_seconds,
             state_pending_bytes,
+            registry_waits,
         }
     }
 

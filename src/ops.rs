@@ -75,12 +75,6 @@ impl Health {
     }
 }
 
-#[derive(Clone)]
-struct OpsState {
-    metrics: Arc<Metrics>,
-    health: Arc<Health>,
-}
-
 /// Binds the endpoint and returns the bound address and the server future.
 pub async fn bind(
     listen: &str,
@@ -94,28 +88,36 @@ pub async fn bind(
     let addr = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(OpsState { metrics, health });
+        .with_state(metrics)
+        .merge(health_router(health));
     Ok((addr, async move { axum::serve(listener, app).await }))
 }
 
-async fn metrics_handler(State(state): State<OpsState>) -> impl IntoResponse {
+/// `/healthz` and `/readyz` alone, for components that serve their own
+/// metrics (the schema registry).
+pub fn health_router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        metrics.render(),
     )
 }
 
-async fn healthz(State(state): State<OpsState>) -> impl IntoResponse {
-    match state.health.liveness() {
+async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    match health.liveness() {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }
 
-async fn readyz(State(state): State<OpsState>) -> impl IntoResponse {
-    match state.health.readiness() {
+async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    match health.readiness() {
         Ok(()) => (StatusCode::OK, "ready\n".to_string()),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -6,10 +6,16 @@
 //! what comes out, so this is tested without a broker.
 
 use std::fmt;
+use std::time::Duration;
 
-use crate::config::{Format, PipelineConfig, SourceConfig, StartPosition, StepConfig};
+use serde_json::Value as Json;
+
+use tracing::info;
+
+use crate::avro::{self, RegisterError, SchemaCache};
+use crate::config::{Format, PipelineConfig, SinkConfig, SourceConfig, StartPosition, StepConfig};
 use crate::expr::{Expr, Scope, json_to_key};
-use crate::format;
+use crate::format::{AvroSink, DecodeFailure, ValueDecoder, ValueEncoder};
 use crate::state::{StateError, TaskStores};
 use crate::steps::{self, Operator, Origin, Record, StepContext, StepError, join};
 
@@ -34,11 +40,22 @@ pub struct Failure {
 }
 
 /// Kinds of dead-letter reasons; stable strings in the `millrace.reason`
-/// header.
+/// header (the README lists them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureReason {
-    /// The value could not be decoded.
+    /// The value could not be decoded: invalid JSON, a tombstone, or an
+    /// Avro body that does not follow its schema.
     Decode,
+    /// Avro: the value does not start with the wire format's magic byte 0.
+    WrongMagic,
+    /// Avro: the value ends inside the 5-byte header or inside the body.
+    Truncated,
+    /// Avro: the registry does not know the schema id (or it is not an
+    /// Avro schema).
+    UnknownSchema,
+    /// Avro: the writer schema does not resolve to the source's reader
+    /// schema.
+    IncompatibleSchema,
     /// An expression failed or returned the wrong type.
     Eval,
     /// A route named a sink that does not exist.
@@ -53,6 +70,10 @@ impl FailureReason {
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::Decode => "decode",
+            FailureReason::WrongMagic => "wrong_magic",
+            FailureReason::Truncated => "truncated",
+            FailureReason::UnknownSchema => "unknown_schema",
+            FailureReason::IncompatibleSchema => "incompatible_schema",
             FailureReason::Eval => "eval",
             FailureReason::Route => "route",
             FailureReason::Encode => "encode",
@@ -73,11 +94,30 @@ impl fmt::Display for Failure {
     }
 }
 
+/// Processing of a record was interrupted by something that is not the
+/// record's fault; the record must be processed again later.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The state stores failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The record's writer schema could not be fetched because the schema
+    /// registry is unavailable; try the record again after `retry_in`.
+    #[error("schema registry unavailable: {message}")]
+    RegistryUnavailable { message: String, retry_in: Duration },
+}
+
+struct Source {
+    config: SourceConfig,
+    decoder: ValueDecoder,
+}
+
 struct Sink {
     name: String,
     topic: String,
     format: Format,
     key: Option<Expr>,
+    encoder: ValueEncoder,
 }
 
 /// The tables of a config, checked: each is named validly and read from
@@ -134,15 +174,49 @@ fn tables(config: &PipelineConfig, issues: &mut Vec<BuildIssue>) -> Vec<(String,
     tables
 }
 
+/// Runs records through `steps[from..]`. A failure names the step; a
+/// [`StateError`] is returned apart (not the records' fault).
+fn run_steps(
+    steps: &mut [Box<dyn Operator>],
+    from: usize,
+    mut records: Vec<Record>,
+    ctx: &mut StepContext<'_>,
+) -> Result<Result<Vec<Record>, Failure>, StateError> {
+    for (i, step) in steps.iter_mut().enumerate().skip(from) {
+        if records.is_empty() {
+            break;
+        }
+        let mut next = Vec::with_capacity(records.len());
+        let kind = step.kind();
+        for record in records {
+            let failed = |reason, message| Failure {
+                reason,
+                at: format!("steps[{i}] ({kind})"),
+                message,
+            };
+            match step.process(ctx, record, &mut next) {
+                Ok(()) => {}
+                Err(StepError::Record(m)) => return Ok(Err(failed(FailureReason::Eval, m))),
+                Err(StepError::Late(m)) => return Ok(Err(failed(FailureReason::Late, m))),
+                Err(StepError::State(e)) => return Err(e),
+            }
+        }
+        records = next;
+    }
+    Ok(Ok(records))
+}
+
 /// A built pipeline.
 pub struct Pipeline {
     scope: Scope,
-    sources: Vec<SourceConfig>,
+    sources: Vec<Source>,
     steps: Vec<Box<dyn Operator>>,
     sinks: Vec<Sink>,
     /// Sources that feed tables: (topic, table and store name).
     tables: Vec<(String, String)>,
     dead_letter_topic: String,
+    /// Writer schemas of Avro sources, by id.
+    schemas: SchemaCache,
 }
 
 /// A problem found while building, located by field path.
@@ -160,6 +234,16 @@ impl Pipeline {
                 Err(e) => issues.push((format!("steps[{i}].{}", step.kind()), e)),
             }
         }
+        let mut sources = Vec::new();
+        for (i, source) in config.sources.iter().enumerate() {
+            match source_decoder(source) {
+                Ok(decoder) => sources.push(Source {
+                    config: source.clone(),
+                    decoder,
+                }),
+                Err(e) => issues.push((format!("sources[{i}].schema"), e)),
+            }
+        }
         let mut sinks = Vec::new();
         for (name, sink) in &config.sinks {
             let key = match sink.key.as_deref().map(Expr::compile).transpose() {
@@ -169,11 +253,19 @@ impl Pipeline {
                     None
                 }
             };
+            let encoder = match sink_encoder(sink) {
+                Ok(encoder) => encoder,
+                Err((field, e)) => {
+                    issues.push((format!("sinks.{name}.{field}"), e));
+                    ValueEncoder::Json
+                }
+            };
             sinks.push(Sink {
                 name: name.clone(),
                 topic: sink.topic.clone(),
                 format: sink.format,
                 key,
+                encoder,
             });
         }
         let tables = tables(config, &mut issues);
@@ -208,21 +300,48 @@ impl Pipeline {
         Ok(Pipeline {
             tables,
             scope: Scope::default(),
-            sources: config.sources.clone(),
+            sources,
             steps: steps_built,
             sinks,
             dead_letter_topic: config.dead_letter_topic(),
+            schemas: SchemaCache::new(config.registry.as_ref()),
         })
     }
 
-    /// The format of a source topic (JSON for topics not configured, which
-    /// cannot happen with a subscription built from the same config).
-    fn source_format(&self, topic: &str) -> Format {
-        self.sources
-            .iter()
-            .find(|s| s.topic == topic)
-            .map(|s| s.format)
-            .unwrap_or_default()
+    /// Registers the schema of every Avro sink not registered yet (or looks
+    /// it up, with `auto_register: false`), so that its records carry the
+    /// schema's id. Called at start, before any record; the caller retries
+    /// [`RegisterError::Unavailable`].
+    pub fn register_schemas(&mut self) -> Result<(), RegisterError> {
+        for sink in &mut self.sinks {
+            let ValueEncoder::Avro(avro_sink) = &mut sink.encoder else {
+                continue;
+            };
+            if avro_sink.encoder.is_some() {
+                continue;
+            }
+            let id = self
+                .schemas
+                .register(
+                    &avro_sink.subject,
+                    &avro_sink.schema,
+                    avro_sink.auto_register,
+                )
+                .map_err(|e| match e {
+                    RegisterError::Refused(m) => {
+                        RegisterError::Refused(format!("sinks.{}: {m}", sink.name))
+                    }
+                    unavailable => unavailable,
+                })?;
+            info!(
+                sink = %sink.name,
+                subject = %avro_sink.subject,
+                id,
+                "sink schema registered"
+            );
+            avro_sink.encoder = Some(avro::Encoder::new(avro_sink.schema.clone(), id));
+        }
+        Ok(())
     }
 
     /// The dead-letter topic.
@@ -254,13 +373,13 @@ impl Pipeline {
     /// Applies a record of a table's topic to the table's store. Tables
     /// produce no output.
     fn update_table(
-        &self,
+        &mut self,
         table: &str,
         origin: &Origin,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         stores: &mut dyn TaskStores,
-    ) -> Result<Result<Vec<Output>, Failure>, StateError> {
+    ) -> Result<Result<Vec<Output>, Failure>, ProcessError> {
         let at = format!("table {table} (source {})", origin.topic);
         let Some(key) = key else {
             return Ok(Err(Failure {
@@ -272,25 +391,51 @@ impl Pipeline {
         let row = match payload {
             // A tombstone deletes the row.
             None => None,
-            Some(_) => match format::decode(self.source_format(&origin.topic), payload) {
+            Some(_) => match self.decode(origin, payload, &at)? {
                 Ok(value) => Some(value),
-                Err(message) => {
-                    return Ok(Err(Failure {
-                        reason: FailureReason::Decode,
-                        at,
-                        message,
-                    }));
-                }
+                Err(failure) => return Ok(Err(failure)),
             },
         };
         join::apply_table_record(stores.store(table)?, key, row.as_ref());
         Ok(Ok(Vec::new()))
     }
 
+    /// Decodes a consumed value with its source's decoder; `at` says where
+    /// in a failure.
+    fn decode(
+        &mut self,
+        origin: &Origin,
+        payload: Option<&[u8]>,
+        at: &str,
+    ) -> Result<Result<Json, Failure>, ProcessError> {
+        let failure = |reason, message| {
+            Ok(Err(Failure {
+                reason,
+                at: at.to_string(),
+                message,
+            }))
+        };
+        // The subscription is the sources, so this only guards against a
+        // caller feeding records from elsewhere.
+        let Some(source) = self.sources.iter().find(|s| s.config.topic == origin.topic) else {
+            return failure(
+                FailureReason::Decode,
+                "not a source topic of this pipeline".into(),
+            );
+        };
+        match source.decoder.decode(payload, &mut self.schemas) {
+            Ok(value) => Ok(Ok(value)),
+            Err(DecodeFailure::Record { reason, message }) => failure(reason, message),
+            Err(DecodeFailure::RegistryUnavailable { message, retry_in }) => {
+                Err(ProcessError::RegistryUnavailable { message, retry_in })
+            }
+        }
+    }
+
     /// Runs one consumed record through the steps and encodes what comes out
     /// for its sinks. All or nothing: on a [`Failure`] the caller
     /// dead-letters the input record and produces none of its outputs. A
-    /// [`StateError`] is not the record's fault and is returned apart.
+    /// [`ProcessError`] is not the record's fault and is returned apart.
     pub fn process(
         &mut self,
         origin: &Origin,
@@ -298,21 +443,21 @@ impl Pipeline {
         payload: Option<&[u8]>,
         timestamp: Option<i64>,
         stores: &mut dyn TaskStores,
-    ) -> Result<Result<Vec<Output>, Failure>, StateError> {
-        if let Some((_, table)) = self.tables.iter().find(|(t, _)| *t == origin.topic) {
-            return self.update_table(table, origin, key, payload, stores);
+    ) -> Result<Result<Vec<Output>, Failure>, ProcessError> {
+        if let Some(table) = self
+            .tables
+            .iter()
+            .find(|(t, _)| *t == origin.topic)
+            .map(|(_, table)| table.clone())
+        {
+            return self.update_table(&table, origin, key, payload, stores);
         }
-        let value = match format::decode(self.source_format(&origin.topic), payload) {
+        let at = format!("source {}", origin.topic);
+        let value = match self.decode(origin, payload, &at)? {
             Ok(value) => value,
-            Err(message) => {
-                return Ok(Err(Failure {
-                    reason: FailureReason::Decode,
-                    at: format!("source {}", origin.topic),
-                    message,
-                }));
-            }
+            Err(failure) => return Ok(Err(failure)),
         };
-        let mut records = vec![Record {
+        let records = vec![Record {
             key: key.map(<[u8]>::to_vec),
             value,
             timestamp,
@@ -323,25 +468,61 @@ impl Pipeline {
             origin,
             stores,
         };
-        for (i, step) in self.steps.iter_mut().enumerate() {
-            let mut next = Vec::with_capacity(records.len());
-            let kind = step.kind();
-            for record in records {
-                let failed = |reason, message| Failure {
-                    reason,
-                    at: format!("steps[{i}] ({kind})"),
-                    message,
-                };
-                match step.process(&mut ctx, record, &mut next) {
-                    Ok(()) => {}
-                    Err(StepError::Record(m)) => return Ok(Err(failed(FailureReason::Eval, m))),
-                    Err(StepError::Late(m)) => return Ok(Err(failed(FailureReason::Late, m))),
-                    Err(StepError::State(e)) => return Err(e),
+        let records = match run_steps(&mut self.steps, 0, records, &mut ctx)? {
+            Ok(records) => records,
+            Err(failure) => return Ok(Err(failure)),
+        };
+        Ok(self.encode_all(&ctx, &records))
+    }
+
+    /// Whether any step has timers (see [`Operator::on_tick`]).
+    pub fn has_ticks(&self) -> bool {
+        self.steps.iter().any(|s| s.wants_ticks())
+    }
+
+    /// Runs the timers of one task at wall-clock time `now_ms`: what a step
+    /// emits continues through the steps after it to the sinks, as records
+    /// do.
+    pub fn tick(
+        &mut self,
+        task: i32,
+        now_ms: i64,
+        stores: &mut dyn TaskStores,
+    ) -> Result<Result<Vec<Output>, Failure>, StateError> {
+        let origin = Origin {
+            topic: String::new(),
+            partition: task,
+            offset: -1,
+        };
+        let mut ctx = StepContext {
+            scope: &self.scope,
+            origin: &origin,
+            stores,
+        };
+        let mut emitted = Vec::new();
+        for i in 0..self.steps.len() {
+            if !self.steps[i].wants_ticks() {
+                continue;
+            }
+            let mut out = Vec::new();
+            let kind = self.steps[i].kind();
+            match self.steps[i].on_tick(&mut ctx, now_ms, &mut out) {
+                Ok(()) => {}
+                Err(StepError::State(e)) => return Err(e),
+                Err(StepError::Record(m) | StepError::Late(m)) => {
+                    return Ok(Err(Failure {
+                        reason: FailureReason::Eval,
+                        at: format!("steps[{i}] ({kind}) timer"),
+                        message: m,
+                    }));
                 }
             }
-            records = next;
+            match run_steps(&mut self.steps, i + 1, out, &mut ctx)? {
+                Ok(records) => emitted.extend(records),
+                Err(failure) => return Ok(Err(failure)),
+            }
         }
-        Ok(self.encode_all(&ctx, &records))
+        Ok(self.encode_all(&ctx, &emitted))
     }
 
     fn encode_all(
@@ -386,14 +567,19 @@ impl Pipeline {
             config.transactional_id(),
             config.commit.interval
         ));
-        for source in &self.sources {
+        for Source { config: source, .. } in &self.sources {
+            let schema = source
+                .schema
+                .as_ref()
+                .map(|s| format!(", reader schema {}", s.display()))
+                .unwrap_or_default();
             let table = source
                 .table
                 .as_ref()
                 .map(|t| format!(" -> table {t}"))
                 .unwrap_or_default();
             out.push_str(&format!(
-                "  source  {} ({}, start {}){table}\n",
+                "  source  {} ({}{schema}, start {}){table}\n",
                 source.topic, source.format, source.start
             ));
         }
@@ -412,13 +598,58 @@ impl Pipeline {
                 .as_ref()
                 .map(|k| format!(", key {k}"))
                 .unwrap_or_default();
+            let schema = match &sink.encoder {
+                ValueEncoder::Avro(avro_sink) => format!(", subject {}", avro_sink.subject),
+                ValueEncoder::Json | ValueEncoder::Waveform => String::new(),
+            };
             out.push_str(&format!(
-                "  sink    {} -> {} ({}{key})\n",
+                "  sink    {} -> {} ({}{schema}{key})\n",
                 sink.name, sink.topic, sink.format
             ));
         }
         out.push_str(&format!("  dead letters -> {}\n", self.dead_letter_topic));
         out
+    }
+}
+
+/// The decoder of a source; the error is about its `schema` field.
+fn source_decoder(source: &SourceConfig) -> Result<ValueDecoder, String> {
+    match source.format {
+        Format::Json => Ok(ValueDecoder::Json),
+        Format::Waveform => Ok(ValueDecoder::Waveform),
+        Format::Avro => {
+            let reader = source
+                .schema
+                .as_deref()
+                .map(avro::load_schema)
+                .transpose()?;
+            Ok(ValueDecoder::Avro(avro::Decoder::new(reader)))
+        }
+    }
+}
+
+/// The encoder of a sink (an Avro one still to be registered); the error
+/// names the field it is about.
+fn sink_encoder(sink: &SinkConfig) -> Result<ValueEncoder, (&'static str, String)> {
+    match sink.format {
+        Format::Json => Ok(ValueEncoder::Json),
+        Format::Waveform => Ok(ValueEncoder::Waveform),
+        Format::Avro => {
+            let path = sink.schema.as_deref().ok_or((
+                "schema",
+                "required with format avro: the .avsc file records are written with".to_string(),
+            ))?;
+            let schema = avro::load_schema(path).map_err(|e| ("schema", e))?;
+            let strategy = sink.subject_strategy.unwrap_or_default();
+            let subject = avro::subject(strategy, &sink.topic, &schema)
+                .map_err(|e| ("subject_strategy", e))?;
+            Ok(ValueEncoder::Avro(AvroSink {
+                schema,
+                subject,
+                auto_register: sink.auto_register.unwrap_or(true),
+                encoder: None,
+            }))
+        }
     }
 }
 
@@ -441,11 +672,14 @@ fn encode_for(
             json_to_key(&value)
         }
     };
-    let payload = format::encode(sink.format, &record.value).map_err(|message| Failure {
-        reason: FailureReason::Encode,
-        at: format!("sinks.{}", sink.name),
-        message,
-    })?;
+    let payload = sink
+        .encoder
+        .encode(&record.value)
+        .map_err(|message| Failure {
+            reason: FailureReason::Encode,
+            at: format!("sinks.{}", sink.name),
+            message,
+        })?;
     Ok(Output {
         topic: sink.topic.clone(),
         key,
@@ -552,6 +786,171 @@ sinks: {a: {topic: ta}, b: {topic: tb}}
         let out = run(&mut p, None, b"{}", None).unwrap();
         let topics: Vec<&str> = out.iter().map(|o| o.topic.as_str()).collect();
         assert_eq!(topics, ["ta", "tb"]);
+    }
+
+    const READING: &str = r#"{"type": "record", "name": "Reading", "namespace": "t", "fields": [
+        {"name": "device", "type": "string"},
+        {"name": "hr", "type": "int"}
+    ]}"#;
+
+    const ALERT: &str = r#"{"type": "record", "name": "Alert", "namespace": "t", "fields": [
+        {"name": "device", "type": "string"},
+        {"name": "hr", "type": "long"},
+        {"name": "level", "type": {"type": "enum", "name": "Level", "symbols": ["WARN", "CRIT"]}}
+    ]}"#;
+
+    /// An Avro-to-Avro pipeline whose sink is registered as id 20 and whose
+    /// source's writer schema is cached as id 10, so no registry is asked.
+    fn avro_pipeline(dir: &Path) -> Pipeline {
+        std::fs::write(dir.join("reading.avsc"), READING).unwrap();
+        std::fs::write(dir.join("alert.avsc"), ALERT).unwrap();
+        let yaml = format!(
+            r#"
+pipeline: p
+registry: {{url: "http://127.0.0.1:9"}}
+sources: [{{topic: in, format: avro, schema: "{dir}/reading.avsc"}}]
+steps:
+  - set: {{level: 'value.hr > 140 ? "CRIT" : "WARN"'}}
+sinks:
+  out: {{topic: alerts, format: avro, schema: "{dir}/alert.avsc", subject_strategy: record_name}}
+"#,
+            dir = dir.display()
+        );
+        let mut p = pipeline(&yaml);
+        let reading = avro::load_schema(&dir.join("reading.avsc")).unwrap();
+        p.schemas.insert(10, reading);
+        for sink in &mut p.sinks {
+            if let ValueEncoder::Avro(a) = &mut sink.encoder {
+                assert_eq!(a.subject, "t.Alert");
+                a.encoder = Some(avro::Encoder::new(a.schema.clone(), 20));
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn avro_records_are_decoded_transformed_and_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = avro_pipeline(dir.path());
+        let reader = avro::load_schema(&dir.path().join("reading.avsc")).unwrap();
+        let input = avro::Encoder::new(reader, 10)
+            .encode(&serde_json::json!({"device": "bed-7", "hr": 150}))
+            .unwrap();
+        let out = run(&mut p, None, &input, None).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].payload[..5], [0, 0, 0, 0, 20]);
+        let mut schemas = SchemaCache::new(None);
+        schemas.insert(
+            20,
+            avro::load_schema(&dir.path().join("alert.avsc")).unwrap(),
+        );
+        let back = avro::Decoder::new(None)
+            .decode(&out[0].payload, &mut schemas)
+            .unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({"device": "bed-7", "hr": 150, "level": "CRIT"})
+        );
+    }
+
+    #[test]
+    fn avro_failures_have_distinct_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = avro_pipeline(dir.path());
+        let reason = |p: &mut Pipeline, bytes: &[u8]| run(p, None, bytes, None).unwrap_err().reason;
+        assert_eq!(reason(&mut p, b"{}"), FailureReason::WrongMagic);
+        assert_eq!(reason(&mut p, &[0, 0, 0]), FailureReason::Truncated);
+        assert_eq!(
+            reason(&mut p, &[0, 0, 0, 0, 10, 2]),
+            FailureReason::Truncated
+        );
+        assert_eq!(
+            reason(&mut p, &[0, 0, 0, 0, 10, 0, 0, 0]),
+            FailureReason::Decode
+        );
+        // The step sets a symbol the sink's enum lacks: an encode failure
+        // naming the field.
+        let mut bad = avro_pipeline(dir.path());
+        bad.steps.clear();
+        let reader = avro::load_schema(&dir.path().join("reading.avsc")).unwrap();
+        let input = avro::Encoder::new(reader, 10)
+            .encode(&serde_json::json!({"device": "d", "hr": 1}))
+            .unwrap();
+        let e = run(&mut bad, None, &input, None).unwrap_err();
+        assert_eq!(e.reason, FailureReason::Encode);
+        assert!(e.message.contains("field `level`"), "{e}");
+    }
+
+    #[test]
+    fn an_unreachable_registry_holds_the_record_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = avro_pipeline(dir.path());
+        // Schema id 11 is not cached; the registry at 127.0.0.1:9 does not
+        // answer.
+        let result = p.process(
+            &origin(),
+            None,
+            Some(&[0, 0, 0, 0, 11, 2, 0x61, 4]),
+            None,
+            &mut crate::state::NoStores { task: 1 },
+        );
+        assert!(
+            matches!(result, Err(ProcessError::RegistryUnavailable { .. })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn the_avro_example_turns_readings_into_alerts() {
+        // Paths in the example are relative to the repository root, where
+        // unit tests run.
+        let config = crate::config::load(Path::new("config/vitals-alerts-avro.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut p = Pipeline::build(&config).unwrap_or_else(|e| panic!("{e:?}"));
+        let reading = avro::load_schema(Path::new("schemas/vitals-reading.avsc")).unwrap();
+        let alert = avro::load_schema(Path::new("schemas/alert.avsc")).unwrap();
+        p.schemas.insert(1, reading.clone());
+        for sink in &mut p.sinks {
+            if let ValueEncoder::Avro(a) = &mut sink.encoder {
+                a.encoder = Some(avro::Encoder::new(a.schema.clone(), 2));
+            }
+        }
+        let input = avro::Encoder::new(reading, 1)
+            .encode(&serde_json::json!({
+                "device": "bed-7", "ts": 1_767_225_600_000i64, "seq": 41, "hr": 152,
+                "spo2": 97, "temp_c": 36.6, "resp_rate": null, "battery": 0.81
+            }))
+            .unwrap();
+        let origin = Origin {
+            topic: "vitals-avro".into(),
+            partition: 0,
+            offset: 0,
+        };
+        let out = p
+            .process(
+                &origin,
+                None,
+                Some(&input),
+                None,
+                &mut crate::state::NoStores { task: 0 },
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].key.as_deref(), Some(&b"bed-7"[..]));
+        let mut schemas = SchemaCache::new(None);
+        schemas.insert(2, alert);
+        let back = avro::Decoder::new(None)
+            .decode(&out[0].payload, &mut schemas)
+            .unwrap();
+        assert_eq!(
+            back,
+            serde_json::json!({
+                "device": "bed-7", "ts": 1_767_225_600_000i64, "kind": "TACHYCARDIA",
+                "severity": "WARNING", "value": 152.0, "threshold": 140.0,
+                "message": "heart rate 152 bpm outside 40-140 bpm"
+            })
+        );
     }
 
     const JOINED: &str = r#"

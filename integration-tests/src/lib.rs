@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod compare;
 pub mod process;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -22,6 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+pub mod gateway;
 
 use anyhow::{Context, bail};
 use rdkafka::ClientConfig;
@@ -321,6 +324,8 @@ pub fn free_port() -> u16 {
 /// A `millrace` process running a pipeline file written by the test.
 pub struct Millrace {
     child: Option<Child>,
+    /// `run` for a pipeline, `gateway` for a gateway.
+    subcommand: &'static str,
     pub config: PathBuf,
     pub ops_port: u16,
     log: PathBuf,
@@ -362,10 +367,21 @@ pub fn write_config(yaml: &str) -> anyhow::Result<(tempfile::TempDir, PathBuf, u
 impl Millrace {
     /// Starts `millrace run` on a pipeline file (see [`write_config`]).
     pub fn start(yaml: &str) -> anyhow::Result<Millrace> {
+        Millrace::start_command("run", yaml)
+    }
+
+    /// Starts `millrace gateway` on a gateway file (see [`write_config`];
+    /// `{ops_port}` is meant for `http.listen`, which also serves `/readyz`).
+    pub fn start_gateway(yaml: &str) -> anyhow::Result<Millrace> {
+        Millrace::start_command("gateway", yaml)
+    }
+
+    fn start_command(subcommand: &'static str, yaml: &str) -> anyhow::Result<Millrace> {
         let (dir, config, ops_port) = write_config(yaml)?;
         let log = dir.path().join("millrace.log");
         let mut m = Millrace {
             child: None,
+            subcommand,
             config,
             ops_port,
             log,
@@ -382,7 +398,7 @@ impl Millrace {
             .append(true)
             .open(&self.log)?;
         let child = Command::new(millrace_bin())
-            .args(["run", "--config"])
+            .args([self.subcommand, "--config"])
             .arg(&self.config)
             .env("MILLRACE_BOOTSTRAP", bootstrap())
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
@@ -438,7 +454,7 @@ impl Millrace {
 
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(std::process::Child::id)
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the process is still running.

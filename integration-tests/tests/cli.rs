@@ -119,3 +119,47 @@ fn run_refuses_missing_topics_by_name() -> anyhow::Result<()> {
     assert!(stderr.contains("millrace topics create"), "{stderr}");
     Ok(())
 }
+
+/// The example pipelines, and every pipeline file the Docker compose file
+/// runs, pass `millrace validate` (there is no Docker engine here to run the
+/// compose file itself).
+#[test]
+fn example_and_compose_pipelines_validate() -> anyhow::Result<()> {
+    let root = millrace_integration_tests::repo_root();
+    let compose = std::fs::read_to_string(root.join("docker/compose.yaml"))?;
+    let mut checked = Vec::new();
+    for word in
+        compose.split(|c: char| c.is_whitespace() || matches!(c, '"' | ',' | '[' | ']' | ';'))
+    {
+        let Some(name) = word.strip_prefix("/etc/millrace/") else {
+            continue;
+        };
+        if name.starts_with("docker/") || !name.ends_with(".yaml") || name.contains('$') {
+            continue;
+        }
+        let path = root.join("config").join(name);
+        assert!(
+            path.exists(),
+            "compose.yaml names {name}, which config/ lacks"
+        );
+        checked.push(path);
+    }
+    assert!(
+        checked.len() >= 3,
+        "compose runs the telemetry pipelines: {checked:?}"
+    );
+    for file in [
+        "telemetry-heart-rate",
+        "telemetry-hr-alerts",
+        "telemetry-stale",
+        "vitals-clean",
+    ] {
+        checked.push(root.join(format!("config/{file}.yaml")));
+    }
+    for path in checked {
+        let path = path.to_string_lossy().to_string();
+        let (code, _, err) = millrace_cli(&["validate", "--config", &path], false)?;
+        assert_eq!(code, 0, "{path}: {err}");
+    }
+    Ok(())
+}

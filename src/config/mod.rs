@@ -18,11 +18,18 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 pub use validate::validate;
+pub(crate) use validate::{check_name, check_topic};
 
 /// Environment variable that overrides `kafka.bootstrap`.
 pub const ENV_BOOTSTRAP: &str = "MILLRACE_BOOTSTRAP";
 /// Environment variable that overrides `kafka.instance_id`.
 pub const ENV_INSTANCE_ID: &str = "MILLRACE_INSTANCE_ID";
+/// Environment variable that overrides `registry.url`.
+pub const ENV_REGISTRY_URL: &str = "MILLRACE_REGISTRY_URL";
+/// Environment variable that overrides `registry.username`.
+pub const ENV_REGISTRY_USER: &str = "MILLRACE_REGISTRY_USER";
+/// Environment variable that overrides `registry.password`.
+pub const ENV_REGISTRY_PASSWORD: &str = "MILLRACE_REGISTRY_PASSWORD";
 
 /// A whole pipeline: where records come from, what happens to them, where
 /// they go.
@@ -61,6 +68,33 @@ pub struct PipelineConfig {
     /// Local state of stateful steps.
     #[serde(default)]
     pub state: StateConfig,
+    /// The Confluent-compatible schema registry that `format: avro` sources
+    /// and sinks use. Required when any of them does.
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
+}
+
+/// Where the schema registry is and how to authenticate to it.
+///
+/// ```yaml
+/// registry:
+///   url: http://127.0.0.1:8081
+///   username: millrace
+///   password: ${REGISTRY_PASSWORD}
+/// ```
+///
+/// Every field may reference environment variables as `${NAME}`;
+/// `MILLRACE_REGISTRY_URL`, `MILLRACE_REGISTRY_USER` and
+/// `MILLRACE_REGISTRY_PASSWORD` override them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Base URL of the registry's REST API (`http://` or `https://`).
+    pub url: String,
+    /// User name for HTTP basic authentication. Default: none.
+    pub username: Option<String>,
+    /// Password for HTTP basic authentication (with `username`).
+    pub password: Option<String>,
 }
 
 /// Where stateful steps keep their local state, and how much memory it may
@@ -148,6 +182,15 @@ pub struct SourceConfig {
     /// Encoding of record values. Default `json`.
     #[serde(default)]
     pub format: Format,
+    /// `format: avro` only: the reader schema (an `.avsc` file; a relative
+    /// path is relative to the working directory). Records written with
+    /// another version of the schema are resolved to it by Avro's rules
+    /// (added fields take their defaults, removed fields are dropped,
+    /// `int` widens to `long`, `float` or `double`, ...), so steps always
+    /// see the same shape. Default: each record is read with the schema it
+    /// was written with.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
     /// Where a group with no committed offset starts: `earliest` (default),
     /// `latest`, or a point in time (RFC 3339 such as `2026-11-01T00:00:00Z`,
     /// or milliseconds since the epoch). Ignored once the group has committed.
@@ -171,9 +214,15 @@ pub enum Format {
     /// UTF-8 JSON, one document per record.
     #[default]
     Json,
-    /// Avro in the Confluent wire format. Accepted by the parser so that the
-    /// validator can say plainly that it is not available yet.
+    /// Avro in the Confluent wire format (magic byte 0, the schema id as a
+    /// big-endian 4-byte integer, the Avro binary body), with schemas in the
+    /// schema registry (see [`RegistryConfig`]).
     Avro,
+    /// Millrace's waveform batches: a header (device, first-sample time,
+    /// sample rate) and little-endian f32 samples (see
+    /// [`crate::telemetry::waveform`]); decoded as `{"device", "t0",
+    /// "rate", "samples"}`.
+    Waveform,
 }
 
 impl fmt::Display for Format {
@@ -181,6 +230,7 @@ impl fmt::Display for Format {
         match self {
             Format::Json => f.write_str("json"),
             Format::Avro => f.write_str("avro"),
+            Format::Waveform => f.write_str("waveform"),
         }
     }
 }
@@ -283,6 +333,13 @@ pub enum StepConfig {
     Reduce(ReduceConfig),
     /// Enrich with the latest value of a table; see [`JoinConfig`].
     Join(JoinConfig),
+    /// Alert when a key goes silent, and when it resumes; see
+    /// [`StaleConfig`].
+    Stale(StaleConfig),
+    /// Beats and heart rate from waveform batches; see [`RpeaksConfig`].
+    Rpeaks(RpeaksConfig),
+    /// Alert when a number crosses a limit; see [`ThresholdStepConfig`].
+    Threshold(ThresholdStepConfig),
 }
 
 impl StepConfig {
@@ -299,6 +356,9 @@ impl StepConfig {
             StepConfig::Dedup(_) => "dedup",
             StepConfig::Reduce(_) => "reduce",
             StepConfig::Join(_) => "join",
+            StepConfig::Stale(_) => "stale",
+            StepConfig::Rpeaks(_) => "rpeaks",
+            StepConfig::Threshold(_) => "threshold",
         }
     }
 }
@@ -410,6 +470,94 @@ pub struct DedupConfig {
     /// largest event time passes them by `ttl`. Required.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Expression for the event time in milliseconds. Default: the record
+    /// timestamp.
+    #[serde(default)]
+    pub time: Option<String>,
+}
+
+/// `rpeaks`: R-peak detection on waveform batches (a `format: waveform`
+/// source), per key; emits a record per beat with the instant and rolling
+/// heart rate.
+///
+/// ```yaml
+/// - rpeaks: {refractory: 200ms, rolling_beats: 8}
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpeaksConfig {
+    /// Name of the state store. Default `rpeaks-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Shortest time between two beats. Default 200 ms (300 bpm).
+    #[serde(default = "default_refractory", with = "humantime_serde")]
+    pub refractory: Duration,
+    /// Beats averaged for the rolling heart rate. Default 8.
+    #[serde(default = "default_rolling_beats")]
+    pub rolling_beats: usize,
+}
+
+fn default_refractory() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_rolling_beats() -> usize {
+    8
+}
+
+/// `threshold`: an alert when `value` stays beyond a limit for `for`, and a
+/// clear event when it comes back inside by `hysteresis`.
+///
+/// ```yaml
+/// - threshold: {value: value.hr_rolling, above: 140, hysteresis: 5, for: 10s}
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdStepConfig {
+    /// Name of the state store. Default `threshold-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Expression for the number watched. Required.
+    pub value: String,
+    /// Alert when the value is greater than this.
+    #[serde(default)]
+    pub above: Option<f64>,
+    /// Alert when the value is less than this.
+    #[serde(default)]
+    pub below: Option<f64>,
+    /// How far back inside the limit the value must come to clear.
+    /// Default 0.
+    #[serde(default)]
+    pub hysteresis: f64,
+    /// How long (event time) the breach must hold before the alert.
+    /// Default 0.
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub min_duration: Duration,
+    /// Expression for the event time in milliseconds. Default: the record
+    /// timestamp.
+    #[serde(default)]
+    pub time: Option<String>,
+}
+
+/// `stale`: an event when a key has sent nothing for `after` (wall clock),
+/// and another when it sends again.
+///
+/// ```yaml
+/// - stale: {after: 30s}
+/// ```
+///
+/// Emits `{"key", "state": "stale"|"resumed", "last_seen", "silent_ms"}`
+/// keyed by the record key; records themselves are not passed on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaleConfig {
+    /// Name of the state store. Default `stale-<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Silence (wall clock since the key's latest event time) that makes a
+    /// key stale. Required.
+    #[serde(with = "humantime_serde")]
+    pub after: Duration,
     /// Expression for the event time in milliseconds. Default: the record
     /// timestamp.
     #[serde(default)]
@@ -586,6 +734,48 @@ pub struct SinkConfig {
     /// steps (the source key unless a `rekey` step changed it).
     #[serde(default)]
     pub key: Option<String>,
+    /// `format: avro` only, and required there: the schema records are
+    /// written with (an `.avsc` file; a relative path is relative to the
+    /// working directory). Registered at start under the subject
+    /// `subject_strategy` names.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// `format: avro` only: the registry subject of the schema.
+    /// `topic_name` (default): `<topic>-value`; `record_name`: the schema's
+    /// full name; `topic_record_name`: `<topic>-<full name>`.
+    #[serde(default)]
+    pub subject_strategy: Option<SubjectStrategy>,
+    /// `format: avro` only: register the schema at start (default `true`).
+    /// With `false` the schema must already be registered under the
+    /// subject, and start-up fails if it is not (for registries where only
+    /// a deployment pipeline may register).
+    #[serde(default)]
+    pub auto_register: Option<bool>,
+}
+
+/// How a sink's registry subject is named (the Confluent serializers'
+/// `subject.name.strategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectStrategy {
+    /// `<topic>-value`: one schema lineage per topic.
+    #[default]
+    TopicName,
+    /// The schema's full name (`namespace.Name`): one lineage per record
+    /// type, shared by every topic that carries it.
+    RecordName,
+    /// `<topic>-<namespace.Name>`: one lineage per record type and topic.
+    TopicRecordName,
+}
+
+impl fmt::Display for SubjectStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SubjectStrategy::TopicName => "topic_name",
+            SubjectStrategy::RecordName => "record_name",
+            SubjectStrategy::TopicRecordName => "topic_record_name",
+        })
+    }
 }
 
 /// The dead-letter topic.
@@ -776,7 +966,7 @@ fn write_issue(f: &mut fmt::Formatter<'_>, file: &str, issue: &ConfigIssue) -> f
 }
 
 impl ConfigError {
-    fn single(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn single(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             issues: vec![ConfigIssue {
@@ -845,6 +1035,7 @@ fn apply_env(
     if let Some(id) = env(ENV_INSTANCE_ID).filter(|b| !b.trim().is_empty()) {
         config.kafka.instance_id = Some(id);
     }
+    apply_registry_env(config, file, env)?;
     let sections = [
         ("kafka.properties", &mut config.kafka.properties),
         (
@@ -870,9 +1061,56 @@ fn apply_env(
     Ok(())
 }
 
+/// Expands `${NAME}` in the `registry` section, then applies the
+/// `MILLRACE_REGISTRY_*` overrides (which create the section if the file has
+/// none, so a deployment can point every pipeline at its registry).
+fn apply_registry_env(
+    config: &mut PipelineConfig,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    if let Some(registry) = config.registry.as_mut() {
+        let fields = [
+            ("registry.url", Some(&mut registry.url)),
+            ("registry.username", registry.username.as_mut()),
+            ("registry.password", registry.password.as_mut()),
+        ];
+        for (path, value) in fields {
+            let Some(value) = value else { continue };
+            *value = expand_env(value, env).map_err(|missing| {
+                ConfigError::single(
+                    file,
+                    path,
+                    format!("environment variable `{missing}` is not set"),
+                )
+            })?;
+        }
+    }
+    let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    if let Some(url) = set(ENV_REGISTRY_URL) {
+        config.registry.get_or_insert_with(Default::default).url = url;
+    }
+    if let Some(user) = set(ENV_REGISTRY_USER) {
+        config
+            .registry
+            .get_or_insert_with(Default::default)
+            .username = Some(user);
+    }
+    if let Some(password) = set(ENV_REGISTRY_PASSWORD) {
+        config
+            .registry
+            .get_or_insert_with(Default::default)
+            .password = Some(password);
+    }
+    Ok(())
+}
+
 /// Replaces `${NAME}` with the variable's value; `$${` escapes a literal `${`.
 /// Returns the name of the first unset variable as the error.
-fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(crate) fn expand_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -1004,6 +1242,43 @@ sinks: {out: {topic: out}}
         assert_eq!(c.kafka.bootstrap, "10.0.0.1:9092");
         assert_eq!(c.kafka.properties["sasl.password"], "s3cret");
         assert_eq!(c.kafka.properties["note"], "literal ${NOT_A_VAR}");
+    }
+
+    #[test]
+    fn registry_settings_come_from_the_file_or_the_environment() {
+        let text = "
+pipeline: demo
+registry:
+  url: http://registry:8081
+  username: millrace
+  password: ${REGISTRY_PASSWORD}
+sources: [{topic: in}]
+sinks: {out: {topic: out}}
+";
+        let env = |name: &str| (name == "REGISTRY_PASSWORD").then(|| "s3cret".to_string());
+        let c = parse(text, Path::new("p.yaml"), &env).expect("parses");
+        let r = c.registry.expect("registry");
+        assert_eq!(r.url, "http://registry:8081");
+        assert_eq!(r.password.as_deref(), Some("s3cret"));
+
+        let err = parse(text, Path::new("p.yaml"), &no_env).unwrap_err();
+        assert_eq!(err.issues[0].path, "registry.password");
+
+        let env = |name: &str| match name {
+            "MILLRACE_REGISTRY_URL" => Some("http://other:8081".to_string()),
+            "MILLRACE_REGISTRY_USER" => Some("ops".to_string()),
+            _ => None,
+        };
+        let c = parse(MINIMAL, Path::new("p.yaml"), &env).expect("parses");
+        let r = c.registry.expect("created by the environment");
+        assert_eq!(r.url, "http://other:8081");
+        assert_eq!(r.username.as_deref(), Some("ops"));
+        assert!(
+            parse(MINIMAL, Path::new("p.yaml"), &no_env)
+                .unwrap()
+                .registry
+                .is_none()
+        );
     }
 
     #[test]

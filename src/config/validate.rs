@@ -82,10 +82,10 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
                 format!("`{}` is listed twice", source.topic),
             );
         }
-        if source.format == Format::Avro {
+        if source.format != Format::Avro && source.schema.is_some() {
             issue(
-                &format!("sources[{i}].format"),
-                crate::format::unsupported_avro(),
+                &format!("sources[{i}].schema"),
+                "is only used with `format: avro`".into(),
             );
         }
     }
@@ -109,11 +109,20 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
                 ),
             );
         }
-        if sink.format == Format::Avro {
-            issue(
-                &format!("sinks.{name}.format"),
-                crate::format::unsupported_avro(),
-            );
+        if sink.format != Format::Avro {
+            let avro_only = [
+                ("schema", sink.schema.is_some()),
+                ("subject_strategy", sink.subject_strategy.is_some()),
+                ("auto_register", sink.auto_register.is_some()),
+            ];
+            for (field, set) in avro_only {
+                if set {
+                    issue(
+                        &format!("sinks.{name}.{field}"),
+                        "is only used with `format: avro`".into(),
+                    );
+                }
+            }
         }
     }
     let dead_letter = config.dead_letter_topic();
@@ -126,6 +135,8 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
             format!("`{dead_letter}` is also a source topic"),
         );
     }
+
+    check_registry(config, &mut issue);
 
     if config.commit.interval < Duration::from_millis(1) {
         issue("commit.interval", "must be at least 1ms".into());
@@ -171,8 +182,56 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
     issues
 }
 
+/// The registry must be configured when a source or sink is Avro. Schema
+/// files are checked by building the pipeline, at the end of [`validate`].
+fn check_registry(config: &PipelineConfig, issue: &mut dyn FnMut(&str, String)) {
+    let uses_avro = config.sources.iter().any(|s| s.format == Format::Avro)
+        || config.sinks.values().any(|s| s.format == Format::Avro);
+    match &config.registry {
+        None if uses_avro => issue(
+            "registry.url",
+            format!(
+                "required because a source or sink uses `format: avro` (or set {})",
+                super::ENV_REGISTRY_URL
+            ),
+        ),
+        None => {}
+        Some(registry) => {
+            if registry.url.trim().is_empty() {
+                issue(
+                    "registry.url",
+                    format!(
+                        "must name the schema registry, e.g. http://127.0.0.1:8081 (or set {})",
+                        super::ENV_REGISTRY_URL
+                    ),
+                );
+            } else if let Err(e) = check_url(&registry.url) {
+                issue("registry.url", e);
+            }
+            if registry.password.is_some() && registry.username.is_none() {
+                issue(
+                    "registry.password",
+                    "is set without registry.username".into(),
+                );
+            }
+        }
+    }
+}
+
+/// An absolute `http://` or `https://` URL with a host.
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url.trim())
+        .map_err(|e| format!("`{url}` is not a URL such as http://127.0.0.1:8081: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+        return Err(format!(
+            "`{url}` is not an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(())
+}
+
 /// Names used inside Kafka ids: letters, digits, `.`, `_`, `-`.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("must not be empty".into());
     }
@@ -191,7 +250,7 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Kafka's own rule for topic names.
-fn check_topic(topic: &str) -> Result<(), String> {
+pub(crate) fn check_topic(topic: &str) -> Result<(), String> {
     if topic == "." || topic == ".." {
         return Err(format!("`{topic}` is not a valid topic name"));
     }
@@ -249,7 +308,7 @@ http: {listen: "nowhere"}
             "pipeline",
             "kafka.properties.isolation.level",
             "sources[1].topic",
-            "sources[1].format",
+            "registry.url",
             "sinks.loop.topic",
             "commit.interval",
             "http.listen",
@@ -259,5 +318,71 @@ http: {listen: "nowhere"}
                 "{expected} missing from {paths:?}"
             );
         }
+    }
+
+    #[test]
+    fn avro_settings_are_checked_by_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.avsc");
+        let bad = dir.path().join("bad.avsc");
+        let primitive = dir.path().join("primitive.avsc");
+        std::fs::write(
+            &good,
+            r#"{"type": "record", "name": "R", "fields": [{"name": "a", "type": "int"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            &bad,
+            r#"{"type": "record", "name": "R", "fields": [{"name": "a"}]}"#,
+        )
+        .unwrap();
+        std::fs::write(&primitive, r#""string""#).unwrap();
+        let found = issues(&format!(
+            r#"
+pipeline: p
+sources:
+  - {{topic: a, format: avro, schema: {missing}}}
+  - {{topic: b, format: avro, schema: {bad}}}
+  - {{topic: c, schema: {good}}}
+sinks:
+  no_schema: {{topic: x, format: avro}}
+  unnamed: {{topic: y, format: avro, schema: {primitive}, subject_strategy: topic_record_name}}
+  json: {{topic: z, subject_strategy: record_name}}
+  fine: {{topic: w, format: avro, schema: {good}}}
+"#,
+            missing = dir.path().join("missing.avsc").display(),
+            bad = bad.display(),
+            good = good.display(),
+            primitive = primitive.display(),
+        ));
+        let at = |path: &str| {
+            found
+                .iter()
+                .find(|(p, _)| p == path)
+                .map(|(_, m)| m.clone())
+                .unwrap_or_else(|| panic!("no issue at {path}: {found:?}"))
+        };
+        assert!(at("registry.url").contains("format: avro"));
+        assert!(at("sources[0].schema").contains("missing.avsc"));
+        assert!(at("sources[1].schema").contains("invalid Avro schema"));
+        assert!(at("sources[2].schema").contains("only used"));
+        assert!(at("sinks.no_schema.schema").contains("required"));
+        assert!(at("sinks.unnamed.subject_strategy").contains("named schema"));
+        assert!(at("sinks.json.subject_strategy").contains("only used"));
+        assert_eq!(found.len(), 7, "{found:?}");
+    }
+
+    #[test]
+    fn the_registry_url_must_be_http() {
+        let found = issues(
+            r#"
+pipeline: p
+registry: {url: "127.0.0.1:8081", password: x}
+sources: [{topic: in}]
+sinks: {out: {topic: out}}
+"#,
+        );
+        let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["registry.url", "registry.password"], "{found:?}");
     }
 }

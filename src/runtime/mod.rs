@@ -17,27 +17,29 @@ mod rebalance;
 mod tables;
 pub mod transaction;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use rdkafka::Offset;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::BaseProducer;
 use rdkafka::util::Timeout;
-use tracing::{error, info, warn};
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{debug, error, info, warn};
 
 pub use clients::admin as admin_client_config;
 use rebalance::{EosContext, lock, lock_gate};
 use tables::TableGate;
 use transaction::{DeliveryLog, Transaction, TxnError};
 
+use crate::avro::RegisterError;
 use crate::config::{Guarantee, PipelineConfig};
 use crate::metrics::Metrics;
 use crate::ops::Health;
-use crate::pipeline::{Failure, FailureReason, Output, Pipeline};
+use crate::pipeline::{Failure, FailureReason, Output, Pipeline, ProcessError};
 use crate::state::manager::{StateManager, changelog_topic};
 use crate::state::rocks::StateEnv;
 use crate::state::{NoStores, TaskStores};
@@ -50,6 +52,8 @@ const POLL_WAIT: Duration = Duration::from_millis(20);
 const RECORD_OVERHEAD: usize = 512;
 /// Longest a task's streams wait for its tables to be read to the end.
 const TABLE_WAIT: Duration = Duration::from_secs(120);
+/// How often the steps' timers run.
+const TICK: Duration = Duration::from_secs(1);
 /// How long seeking a partition back may take.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait between two attempts to rebuild the clients.
@@ -75,6 +79,8 @@ pub fn run(
         anyhow::anyhow!("pipeline does not build: {}", lines.join("; "))
     })?;
     let partitions = prepare_topics(config, &pipeline)?;
+    health.set_not_ready("registering sink schemas");
+    register_schemas(&mut pipeline, &stop)?;
     let state_env = StateEnv::new(
         config.state.block_cache_bytes,
         config.state.write_buffer_bytes,
@@ -106,6 +112,23 @@ pub fn run(
                 warn!(error = %format!("{e:#}"), retry_in = ?backoff, "rebuilding Kafka clients");
                 sleep_unless_stopped(backoff, &stop);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Registers the Avro sinks' schemas, waiting out registry outages (a
+/// pipeline cannot write a record before its schema has an id).
+fn register_schemas(pipeline: &mut Pipeline, stop: &AtomicBool) -> anyhow::Result<()> {
+    loop {
+        match pipeline.register_schemas() {
+            Ok(()) => return Ok(()),
+            Err(RegisterError::Refused(why)) => bail!("registering sink schemas: {why}"),
+            Err(RegisterError::Unavailable { message, retry_in }) => {
+                if stop.load(Ordering::SeqCst) {
+                    bail!("stopped while waiting for the schema registry: {message}");
+                }
+                sleep_unless_stopped(retry_in, stop);
             }
         }
     }
@@ -240,7 +263,9 @@ fn run_once(
         stream_topics,
         TABLE_WAIT,
     )));
+    let assignments = Arc::new(AtomicU64::new(0));
     let context = EosContext {
+        assignments: assignments.clone(),
         tables: tables.clone(),
         txn: txn.clone(),
         starts: config
@@ -270,6 +295,11 @@ fn run_once(
         txn: &txn,
         tables: &tables,
         max_bytes: max_bytes.saturating_sub(RECORD_OVERHEAD),
+        metrics,
+        held: BTreeSet::new(),
+        resume_at: None,
+        last_tick: Instant::now(),
+        assignments: assignments.clone(),
     };
     let result = worker.process_until_stopped(&consumer, health, stop);
     health.set_not_ready(if result.is_ok() {
@@ -297,6 +327,13 @@ struct Worker<'a> {
     txn: &'a Mutex<Option<Transaction>>,
     tables: &'a Mutex<TableGate>,
     max_bytes: usize,
+    metrics: &'a Metrics,
+    /// Partitions paused because a record of theirs waits for the schema
+    /// registry, and when to resume them.
+    held: BTreeSet<(String, i32)>,
+    resume_at: Option<Instant>,
+    last_tick: Instant,
+    assignments: Arc<AtomicU64>,
 }
 
 impl Worker<'_> {
@@ -306,6 +343,8 @@ impl Worker<'_> {
         health: &Health,
         stop: &AtomicBool,
     ) -> anyhow::Result<Ended> {
+        let mut caught_up = false;
+        let mut seen_assignments = 0;
         loop {
             health.turn();
             if stop.load(Ordering::SeqCst) {
@@ -313,6 +352,7 @@ impl Worker<'_> {
                 info!("stopped after committing the open transaction");
                 return Ok(Ended::Stopped);
             }
+            self.resume_held(consumer);
             // Never poll while holding the transaction: the rebalance
             // callback, which runs inside poll, needs it.
             let polled = consumer.poll(POLL_WAIT);
@@ -320,7 +360,7 @@ impl Worker<'_> {
                 bail!(why);
             }
             match polled {
-                None => {}
+                None => caught_up = true,
                 Some(Ok(message)) => {
                     let (topic, task, offset) =
                         (message.topic(), message.partition(), message.offset());
@@ -332,9 +372,9 @@ impl Worker<'_> {
                             .seek(topic, task, Offset::Offset(offset), SEEK_TIMEOUT)
                             .with_context(|| format!("seeking {topic}/{task} back to {offset}"))?;
                     } else {
-                        self.handle(&message)?;
+                        let processed = self.handle(consumer, &message)?;
                         let mut gate = lock_gate(self.tables);
-                        if gate.is_waiting(task) {
+                        if processed && gate.is_waiting(task) {
                             gate.read(consumer, topic, task, offset);
                         }
                     }
@@ -349,6 +389,18 @@ impl Worker<'_> {
                 }
             }
             lock_gate(self.tables).check(consumer);
+            // Timers compare event times with the wall clock, so they wait
+            // until the input is caught up (a poll found nothing since the
+            // last assignment): a backlog after a restart is not silence.
+            let generation = self.assignments.load(Ordering::SeqCst);
+            if generation != seen_assignments {
+                seen_assignments = generation;
+                caught_up = false;
+            }
+            if caught_up && self.pipeline.has_ticks() && self.last_tick.elapsed() >= TICK {
+                self.last_tick = Instant::now();
+                self.tick()?;
+            }
             let commit = &self.config.commit;
             let due = self.with_txn(|t| {
                 t.poll();
@@ -380,9 +432,70 @@ impl Worker<'_> {
         self.with_txn(|t| t.commit(&group, &commit_offsets))
     }
 
+    /// Runs the steps' timers for every task this instance owns. What they
+    /// emit and write joins the open transaction. A failing timer (say, an
+    /// output for a sink that does not exist) has no input record to
+    /// dead-letter: its writes are undone, it is logged, and it fires
+    /// again next time.
+    fn tick(&mut self) -> anyhow::Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut slot = lock(self.txn);
+        let txn = slot
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the transaction is closed"))?;
+        let Some(tasks) = txn.state_mut().map(|s| s.tasks()) else {
+            return Ok(());
+        };
+        for task in tasks {
+            let Some(state) = txn.state_mut() else {
+                break;
+            };
+            let before = state.pending_bytes();
+            state.savepoint(task);
+            let result = self
+                .pipeline
+                .tick(task, now, state.task_stores(task)?)?
+                .and_then(|outputs| check_outputs(outputs, self.max_bytes));
+            state.end_savepoint(task, result.is_ok());
+            let wrote = state.pending_bytes() != before;
+            match result {
+                Ok(outputs) => {
+                    if wrote {
+                        txn.ensure_open()?;
+                    }
+                    for out in outputs {
+                        txn.send(
+                            &out.topic,
+                            out.key.as_deref(),
+                            Some(&out.payload),
+                            out.timestamp,
+                            None,
+                        )?;
+                        txn.count_output(&out.topic);
+                    }
+                }
+                Err(failure) => warn!(
+                    task,
+                    at = %failure.at,
+                    reason = failure.reason.as_str(),
+                    error = %failure.message,
+                    "a timer failed; it fires again at the next tick"
+                ),
+            }
+        }
+        Ok(())
+    }
+
     /// Processes one record: its outputs, or its dead letter, and its offset,
-    /// all into the open transaction.
-    fn handle(&mut self, message: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+    /// all into the open transaction. `false`: the record waits for the
+    /// schema registry (see [`Worker::hold_back`]) and will be read again.
+    fn handle(
+        &mut self,
+        consumer: &BaseConsumer<EosContext>,
+        message: &BorrowedMessage<'_>,
+    ) -> anyhow::Result<bool> {
         let origin = Origin {
             topic: message.topic().to_string(),
             partition: message.partition(),
@@ -407,10 +520,21 @@ impl Worker<'_> {
             Some(state) => state.task_stores(origin.partition)?,
             None => &mut no_stores,
         };
-        let result = self
-            .pipeline
-            .process(&origin, message.key(), message.payload(), timestamp, stores)?
-            .and_then(|outputs| check_outputs(outputs, self.max_bytes));
+        let processed =
+            self.pipeline
+                .process(&origin, message.key(), message.payload(), timestamp, stores);
+        let result = match processed {
+            Ok(result) => result.and_then(|outputs| check_outputs(outputs, self.max_bytes)),
+            Err(ProcessError::State(e)) => return Err(e.into()),
+            Err(ProcessError::RegistryUnavailable { message, retry_in }) => {
+                if let Some(state) = txn.state_mut() {
+                    state.end_savepoint(origin.partition, false);
+                }
+                drop(slot);
+                self.hold_back(consumer, &origin, &message, retry_in)?;
+                return Ok(false);
+            }
+        };
         // A dead-lettered record leaves no trace in state either.
         if let Some(state) = txn.state_mut() {
             state.end_savepoint(origin.partition, result.is_ok());
@@ -447,7 +571,74 @@ impl Worker<'_> {
             }
         }
         txn.consumed(&origin.topic, origin.partition, origin.offset)?;
+        Ok(true)
+    }
+}
+
+impl Worker<'_> {
+    /// Leaves a record whose writer schema cannot be fetched for later: its
+    /// partition pauses and is moved back to it, so it is read again when
+    /// the partition resumes. Its offset is not in the transaction, so
+    /// nothing after it commits either; other partitions, and records whose
+    /// schemas are cached, go on.
+    fn hold_back(
+        &mut self,
+        consumer: &BaseConsumer<EosContext>,
+        origin: &Origin,
+        why: &str,
+        retry_in: Duration,
+    ) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&origin.topic, origin.partition);
+        consumer
+            .pause(&tpl)
+            .context("pausing a partition while the schema registry is unavailable")?;
+        consumer
+            .seek(
+                &origin.topic,
+                origin.partition,
+                Offset::Offset(origin.offset),
+                SEEK_TIMEOUT,
+            )
+            .context("moving a paused partition back to the record that waits")?;
+        self.metrics.registry_waits.inc();
+        if self.held.insert((origin.topic.clone(), origin.partition)) {
+            debug!(
+                topic = %origin.topic,
+                partition = origin.partition,
+                offset = origin.offset,
+                retry_in = ?retry_in,
+                error = %why,
+                "partition paused until the schema registry answers"
+            );
+        }
+        let until = Instant::now() + retry_in;
+        self.resume_at = Some(self.resume_at.map_or(until, |at| at.max(until)));
         Ok(())
+    }
+
+    /// Resumes the held partitions once their wait is over; their waiting
+    /// record is the next one read, and asks the registry again.
+    fn resume_held(&mut self, consumer: &BaseConsumer<EosContext>) {
+        if self.resume_at.is_none_or(|at| Instant::now() < at) {
+            return;
+        }
+        self.resume_at = None;
+        let mut tpl = TopicPartitionList::new();
+        let gate = lock_gate(self.tables);
+        for (topic, partition) in std::mem::take(&mut self.held) {
+            // A task waiting for its tables stays paused; the table gate
+            // resumes it.
+            if !gate.holds(&topic, partition) {
+                tpl.add_partition(&topic, partition);
+            }
+        }
+        drop(gate);
+        // A partition revoked meanwhile is not ours to resume; its next
+        // owner starts at the committed offset, before the held record.
+        if let Err(e) = consumer.resume(&tpl) {
+            debug!(error = %e, "resuming held partitions");
+        }
     }
 }
 

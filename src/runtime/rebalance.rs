@@ -6,6 +6,7 @@
 //! their source's `start` says (earliest, latest or a point in time).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ pub struct EosContext {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub tables: Arc<Mutex<TableGate>>,
+    /// Counts assignments, so the loop knows when new partitions (maybe
+    /// with a backlog) arrived.
+    pub assignments: Arc<AtomicU64>,
 }
 
 /// Locks the table gate, surviving a poisoned lock.
@@ -188,6 +192,7 @@ impl ConsumerContext for EosContext {
                 // these partitions) only after this callback returns.
                 self.open_tasks(tpl);
                 lock_gate(&self.tables).assigned(consumer, tpl);
+                self.assignments.fetch_add(1, Ordering::SeqCst);
                 let total = consumer.assignment().map(|a| a.count()).unwrap_or(0);
                 self.metrics.assigned_partitions.set(total as i64);
                 info!(added = tpl.count(), total, "partitions assigned");

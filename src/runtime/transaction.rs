@@ -152,7 +152,10 @@ impl Transaction {
         })
     }
 
-    fn ensure_open(&mut self) -> Result<(), TxnError> {
+    /// Opens the transaction if it is not open: needed before anything is
+    /// produced, and by timers whose state writes must commit even when
+    /// they produce nothing.
+    pub fn ensure_open(&mut self) -> Result<(), TxnError> {
         if !self.open {
             if self.transactional {
                 self.producer

@@ -98,6 +98,11 @@ impl StateManager {
         self.tasks.remove(&task);
     }
 
+    /// The tasks open here.
+    pub fn tasks(&self) -> Vec<i32> {
+        self.tasks.keys().copied().collect()
+    }
+
     pub fn close_all(&mut self) {
         self.tasks.clear();
     }

@@ -8,8 +8,10 @@ mod dedup;
 pub mod join;
 pub mod keys;
 mod reduce;
+mod stale;
 mod stateful;
 mod stateless;
+mod telemetry;
 #[cfg(test)]
 mod test_util;
 mod window;
@@ -18,7 +20,9 @@ pub use aggregates::Aggregate;
 pub use dedup::Dedup;
 pub use join::Join;
 pub use reduce::Reduce;
+pub use stale::Stale;
 pub use stateless::{Filter, Map, Project, Rekey, Route, Set};
+pub use telemetry::{Rpeaks, Threshold};
 pub use window::Window;
 
 use serde_json::Value as Json;
@@ -126,6 +130,27 @@ pub trait Operator: Send {
         record: Record,
         out: &mut Vec<Record>,
     ) -> Result<(), StepError>;
+
+    /// Whether the step has timers: then the runtime calls
+    /// [`on_tick`](Operator::on_tick) for every task it owns, about once a
+    /// second.
+    fn wants_ticks(&self) -> bool {
+        false
+    }
+
+    /// Fires timers due at wall-clock time `now_ms` for the task of
+    /// `ctx.stores`, pushing what it emits onto `out` (those records go
+    /// through the following steps). Its state writes and outputs commit in
+    /// the same transaction, so a timer fires exactly once across crashes;
+    /// `ctx.origin` names the task's partition, with offset -1.
+    fn on_tick(
+        &mut self,
+        _ctx: &mut StepContext<'_>,
+        _now_ms: i64,
+        _out: &mut Vec<Record>,
+    ) -> Result<(), StepError> {
+        Ok(())
+    }
 }
 
 /// Builds the operator for the configured step at `index` in `steps:`.
@@ -143,6 +168,9 @@ pub fn build(step: &StepConfig, index: usize) -> Result<Box<dyn Operator>, Strin
         StepConfig::Dedup(d) => Box::new(Dedup::new(d, index)?),
         StepConfig::Reduce(r) => Box::new(Reduce::new(r, index)?),
         StepConfig::Join(j) => Box::new(Join::new(j)?),
+        StepConfig::Stale(c) => Box::new(Stale::new(c, index)?),
+        StepConfig::Rpeaks(c) => Box::new(Rpeaks::new(c, index)?),
+        StepConfig::Threshold(c) => Box::new(Threshold::new(c, index)?),
     })
 }
 

@@ -53,6 +53,23 @@ impl Feed {
         op.process(&mut ctx, record, &mut out)?;
         Ok(out)
     }
+
+    /// Fires the operator's timers at `now` for the task `self.stores.task`.
+    pub fn tick(&mut self, op: &mut dyn Operator, now: i64) -> Result<Vec<Record>, StepError> {
+        let origin = Origin {
+            topic: String::new(),
+            partition: self.stores.task,
+            offset: -1,
+        };
+        let mut ctx = StepContext {
+            scope: &self.scope,
+            origin: &origin,
+            stores: &mut self.stores,
+        };
+        let mut out = Vec::new();
+        op.on_tick(&mut ctx, now, &mut out)?;
+        Ok(out)
+    }
 }
 
 /// How many entries of store `name` of `task` start with `tag`.

@@ -1,0 +1,172 @@
+//! Prometheus metrics of the gateway, served at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// All gateway metrics, on a registry of their own.
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    /// Subscribers connected now, by transport (`sse`, `ws`).
+    pub subscribers: IntGaugeVec,
+    /// Records sent, by transport and topic.
+    pub events_sent: IntCounterVec,
+    /// Bytes of messages sent, by transport and topic.
+    pub bytes_sent: IntCounterVec,
+    /// Subscriptions ended, by reason (`client`, `lagged`, `shutdown`,
+    /// `heartbeat`, `write_timeout`, `error`).
+    pub disconnects: IntCounterVec,
+    /// Kafka record timestamp to hand-over to the connection, by transport.
+    pub delivery_latency: HistogramVec,
+    /// Requests refused, by HTTP status.
+    pub rejected: IntCounterVec,
+    /// Records dropped by the `skip` policy, and replaced by `conflate`.
+    pub skipped: IntCounterVec,
+    pub conflated: IntCounterVec,
+    /// Records whose filter failed to evaluate (not delivered).
+    pub filter_errors: IntCounterVec,
+    /// Records read by the live tails, by topic.
+    pub tail_records: IntCounterVec,
+    /// Subscribers reading history from Kafka now.
+    pub history_readers: IntGauge,
+    /// Times a subscriber fell off a live tail's shared buffer and went back
+    /// to reading Kafka, by topic.
+    pub live_lagged: IntCounterVec,
+}
+
+fn must<T>(result: prometheus::Result<T>) -> T {
+    // Metric definitions are static; an error is a programming bug caught
+    // by the first test run, never something input can cause.
+    result.expect("valid metric definition")
+}
+
+impl GatewayMetrics {
+    pub fn new() -> GatewayMetrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = must(IntCounterVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(c.clone())));
+            c
+        };
+        let events_sent = counter(
+            "millrace_gateway_events_sent_total",
+            "Records sent to subscribers",
+            &["transport", "topic"],
+        );
+        let bytes_sent = counter(
+            "millrace_gateway_bytes_sent_total",
+            "Bytes of messages sent to subscribers",
+            &["transport", "topic"],
+        );
+        let disconnects = counter(
+            "millrace_gateway_disconnects_total",
+            "Subscriptions ended, by reason",
+            &["reason"],
+        );
+        let rejected = counter(
+            "millrace_gateway_rejected_total",
+            "Requests refused, by HTTP status",
+            &["status"],
+        );
+        let skipped = counter(
+            "millrace_gateway_skipped_records_total",
+            "Records dropped for slow subscribers under the skip policy",
+            &["topic"],
+        );
+        let conflated = counter(
+            "millrace_gateway_conflated_records_total",
+            "Waiting records replaced by a newer one of the same key (conflate policy)",
+            &["topic"],
+        );
+        let filter_errors = counter(
+            "millrace_gateway_filter_errors_total",
+            "Records on which a subscriber's filter failed (not delivered)",
+            &["topic"],
+        );
+        let tail_records = counter(
+            "millrace_gateway_tail_records_total",
+            "Records read by the live tail",
+            &["topic"],
+        );
+        let live_lagged = counter(
+            "millrace_gateway_live_lagged_total",
+            "Subscribers that fell off the live tail's buffer and re-read from Kafka",
+            &["topic"],
+        );
+        let subscribers = must(IntGaugeVec::new(
+            Opts::new("millrace_gateway_subscribers", "Subscribers connected"),
+            &["transport"],
+        ));
+        must(registry.register(Box::new(subscribers.clone())));
+        let history_readers = must(IntGauge::new(
+            "millrace_gateway_history_readers",
+            "Subscribers reading history from Kafka",
+        ));
+        must(registry.register(Box::new(history_readers.clone())));
+        let delivery_latency = must(HistogramVec::new(
+            HistogramOpts::new(
+                "millrace_gateway_delivery_latency_seconds",
+                "Kafka record timestamp to hand-over to the subscriber's connection",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ]),
+            &["transport"],
+        ));
+        must(registry.register(Box::new(delivery_latency.clone())));
+        GatewayMetrics {
+            registry,
+            subscribers,
+            events_sent,
+            bytes_sent,
+            disconnects,
+            delivery_latency,
+            rejected,
+            skipped,
+            conflated,
+            filter_errors,
+            tail_records,
+            history_readers,
+            live_lagged,
+        }
+    }
+
+    /// Records a message handed to a connection.
+    pub fn sent(&self, transport: &str, topic: &str, bytes: usize, timestamp: Option<i64>) {
+        self.events_sent
+            .with_label_values(&[transport, topic])
+            .inc();
+        self.bytes_sent
+            .with_label_values(&[transport, topic])
+            .inc_by(bytes as u64);
+        if let Some(ts) = timestamp {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            // History records are old by design; their age is not a delivery
+            // latency, but it is what the histogram promises, so clamp only
+            // clock skew below zero.
+            let secs = (now_ms - ts).max(0) as f64 / 1000.0;
+            self.delivery_latency
+                .with_label_values(&[transport])
+                .observe(secs);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        GatewayMetrics::new()
+    }
+}
