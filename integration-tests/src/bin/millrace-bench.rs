@@ -109,10 +109,10 @@ struct CompareArgs {
     /// Where to write the profile's folded stacks (for the flame graph).
     #[arg(long, default_value = "bench/profile.folded")]
     folded: PathBuf,
-    /// README whose `<!-- compare:begin -->` section gets the summary;
-    /// empty to leave it alone.
-    #[arg(long, default_value = "README.md")]
-    readme: PathBuf,
+    /// README whose `<!-- compare:begin -->` section gets the summary
+    /// (`bench/run` passes README.md).
+    #[arg(long)]
+    readme: Option<PathBuf>,
 }
 
 const PARTITIONS: i32 = 4;
@@ -159,7 +159,7 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         report: args.report,
         results: args.results,
         folded: args.folded,
-        readme: (!args.readme.as_os_str().is_empty()).then_some(args.readme),
+        readme: args.readme,
         skip: args.skip,
         command: format!("millrace-bench {}", command.join(" ")),
     };

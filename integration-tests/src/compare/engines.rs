@@ -199,6 +199,7 @@ impl Launcher {
         };
         Ok(match system {
             System::Millrace => {
+                dead_letter_topic(name)?;
                 let yaml = format!(
                     r#"
 pipeline: {name}
@@ -297,6 +298,7 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
         let log = self.logs.join(format!("{name}.log"));
         match system {
             System::Millrace => {
+                dead_letter_topic(name)?;
                 let yaml = format!(
                     r#"
 pipeline: {name}
@@ -350,6 +352,18 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
             other => anyhow::bail!("{} does not run the join", other.label()),
         }
     }
+}
+
+/// Creates Millrace's dead-letter topic (`<pipeline>-dead-letter`), which
+/// it expects to exist. Nothing is dead-lettered in these runs.
+fn dead_letter_topic(pipeline: &str) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(crate::create_topics(&[(
+            &format!("{pipeline}-dead-letter"),
+            PARTITIONS,
+        )]))
 }
 
 /// `session.timeout.ms` of both systems in the restart runs.

@@ -330,6 +330,10 @@ fn profiled(
     let data = launcher.logs.join("perf.data");
     let started = Instant::now();
     let mut running = launcher.window(System::Millrace, Guarantee::ExactlyOnce, &run, input, &output)?;
+    // `perf record -p` samples the threads that exist when it attaches, so
+    // it attaches once Millrace is ready: its processing thread and the
+    // clients' threads are running by then, and the drain has just begun.
+    running.engine.wait_running(engines::START_WITHIN)?;
     let pid = running.engine.pid().ok_or_else(|| anyhow::anyhow!("millrace is not running"))?;
     let recording = profile::record(pid, FREQUENCY, &data)?;
     let usage = drain::watch_drain(

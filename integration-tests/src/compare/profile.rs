@@ -26,21 +26,25 @@ pub fn available() -> bool {
 pub struct Recording {
     child: Child,
     data: PathBuf,
+    /// perf record's messages.
+    log: PathBuf,
 }
 
 /// Starts sampling `pid` at `frequency` Hz into `data`.
 pub fn record(pid: u32, frequency: u32, data: &Path) -> anyhow::Result<Recording> {
+    let log = data.with_extension("log");
     let child = Command::new("perf")
-        .args(["record", "-q", "-F", &frequency.to_string()])
+        .args(["record", "-F", &frequency.to_string()])
         .args(["--call-graph", "dwarf,8192", "-p", &pid.to_string(), "-o"])
         .arg(data)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()
         .context("starting perf record")?;
     Ok(Recording {
         child,
         data: data.to_path_buf(),
+        log,
     })
 }
 
@@ -105,15 +109,23 @@ impl Recording {
         let script = Command::new("perf")
             .args(["script", "-F", "comm,tid,ip,sym,dso", "-i"])
             .arg(&self.data)
-            .stderr(Stdio::null())
             .output()
             .context("running perf script")?;
+        let record_log = std::fs::read_to_string(&self.log).unwrap_or_default();
         if !script.status.success() {
-            bail!("perf script failed ({})", script.status);
+            bail!(
+                "perf script failed ({}): {}; perf record said: {record_log}",
+                script.status,
+                String::from_utf8_lossy(&script.stderr)
+            );
         }
         let stacks = parse_script(&String::from_utf8_lossy(&script.stdout));
+        anyhow::ensure!(
+            !stacks.is_empty(),
+            "perf recorded no samples ({} bytes from perf script); perf record said: {record_log}",
+            script.stdout.len()
+        );
         let _ = std::fs::remove_file(&self.data);
-        anyhow::ensure!(!stacks.is_empty(), "perf recorded no samples");
         write_folded(&stacks, folded)?;
         Ok(analyse(&stacks, frequency))
     }
@@ -142,6 +154,7 @@ fn parse_script(text: &str) -> Vec<Stack> {
         if !line.starts_with([' ', '\t']) {
             // "comm tid": thread names such as `rdk:broker3` lose their
             // digits so that threads of one kind add up.
+            let line = line.trim_end();
             let comm = line.rsplit_once(' ').map_or(line, |(c, _)| c).trim();
             let thread: String = comm.chars().filter(|c| !c.is_ascii_digit()).collect();
             current = Some(Stack {
