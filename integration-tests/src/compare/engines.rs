@@ -173,6 +173,7 @@ pub struct Launcher {
     pub peer: Peer,
     /// `millrace-bench` itself, which runs the librdkafka pass-through.
     pub bench_bin: PathBuf,
+    /// The run's directory: logs, and every system's local state.
     pub logs: PathBuf,
 }
 
@@ -189,7 +190,7 @@ impl Launcher {
         input: &str,
         output: &str,
     ) -> anyhow::Result<Running> {
-        let state = tempfile::tempdir()?;
+        let state = tempfile::tempdir_in(&self.logs)?;
         let log = self.logs.join(format!("{name}.log"));
         let bootstrap = crate::bootstrap().to_string();
         let running = |engine: Box<dyn Engine>, group: String, state| Running {
@@ -294,7 +295,7 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
         table: &str,
         output: &str,
     ) -> anyhow::Result<Running> {
-        let state = tempfile::tempdir()?;
+        let state = tempfile::tempdir_in(&self.logs)?;
         let log = self.logs.join(format!("{name}.log"));
         match system {
             System::Millrace => {

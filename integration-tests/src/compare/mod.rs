@@ -144,7 +144,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let name = unique("cmp");
     let _cleanup = Cleanup(name.clone());
+    // Logs and every system's local state live under this directory.
     let logs = tempfile::Builder::new().prefix("millrace-compare").tempdir()?;
+    on_interrupt(name.clone(), logs.path().to_path_buf())?;
     let launcher = Launcher {
         peer: Peer::locate(&options.peer_dir, options.java.clone(), options.java_opts.clone())?,
         bench_bin: options.bench_bin.clone(),
@@ -405,6 +407,60 @@ fn load_backlog(topic: &str, records: usize, keys: usize) -> anyhow::Result<(f64
 fn fail(results: &mut Results, what: &str, error: anyhow::Error) {
     progress(&format!("{what} FAILED: {error:#}"));
     results.failures.push(format!("{what}: {error:#}"));
+}
+
+/// On SIGINT or SIGTERM: kills the systems this process started (its
+/// children), deletes the run's topics and local state, and exits, so that
+/// an interrupted run leaves no processes and no disk space behind. Must be
+/// called before any other thread starts: the signals are blocked in every
+/// thread but the one waiting for them (children get a clear mask).
+fn on_interrupt(prefix: String, work: PathBuf) -> anyhow::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block()?;
+    std::thread::spawn(move || {
+        let Ok(signal) = signals.wait() else {
+            return;
+        };
+        progress(&format!(
+            "{signal}: stopping the systems, deleting the run's topics and state"
+        ));
+        kill_children();
+        if let Err(e) = bench::delete_topics(&prefix) {
+            progress(&format!("could not delete the {prefix}* topics: {e:#}"));
+        }
+        let _ = std::fs::remove_dir_all(&work);
+        std::process::exit(128 + signal as i32);
+    });
+    Ok(())
+}
+
+/// SIGKILLs every process whose parent is this one.
+fn kill_children() {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // Fields after the command name: state, then the parent pid.
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().nth(1).map(str::to_string)
+            });
+        if parent.as_deref() == Some(me.as_str()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 /// Deletes a finished part's topics.
