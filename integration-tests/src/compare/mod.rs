@@ -409,30 +409,40 @@ fn fail(results: &mut Results, what: &str, error: anyhow::Error) {
     results.failures.push(format!("{what}: {error:#}"));
 }
 
+/// The signal that interrupted the run, 0 while none has.
+static INTERRUPTED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn note_signal(signal: nix::libc::c_int) {
+    INTERRUPTED.store(signal, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// On SIGINT or SIGTERM: kills the systems this process started (its
 /// children), deletes the run's topics and local state, and exits, so that
-/// an interrupted run leaves no processes and no disk space behind. Must be
-/// called before any other thread starts: the signals are blocked in every
-/// thread but the one waiting for them (children get a clear mask).
+/// an interrupted run leaves no processes and no disk space behind. The
+/// handler only notes the signal; a thread watching for it does the rest.
+/// (Blocking the signals instead would block them in the children too,
+/// which inherit the mask, so Millrace would ignore the SIGTERM that stops it.)
 fn on_interrupt(prefix: String, work: PathBuf) -> anyhow::Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.thread_block()?;
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for s in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe. Children get default dispositions at exec.
+        unsafe { signal(s, SigHandler::Handler(note_signal)) }?;
+    }
     std::thread::spawn(move || {
-        let Ok(signal) = signals.wait() else {
-            return;
+        let signal = loop {
+            match INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => std::thread::sleep(Duration::from_millis(100)),
+                s => break s,
+            }
         };
-        progress(&format!(
-            "{signal}: stopping the systems, deleting the run's topics and state"
-        ));
+        progress("interrupted: stopping the systems, deleting the run's topics and state");
         kill_children();
         if let Err(e) = bench::delete_topics(&prefix) {
             progress(&format!("could not delete the {prefix}* topics: {e:#}"));
         }
         let _ = std::fs::remove_dir_all(&work);
-        std::process::exit(128 + signal as i32);
+        std::process::exit(128 + signal);
     });
     Ok(())
 }

@@ -64,10 +64,7 @@ pub fn load_table(name: &str, state_mib: usize) -> anyhow::Result<Table> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(create_topics(&[
-        (&topic, PARTITIONS),
-        (&format!("{name}-events"), PARTITIONS),
-    ]))?;
+    rt.block_on(create_topics(&[(&topic, PARTITIONS)]))?;
     let rows = (state_mib * 1024 * 1024 / ROW).max(PARTITIONS as usize);
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let rate = bench::load(&topic, rows, |i| {
@@ -104,11 +101,12 @@ pub fn recovery(
 ) -> anyhow::Result<(Loaded, Vec<Recovery>)> {
     let run_name = format!("{name}-{}", system.short());
     let output = format!("{run_name}-out");
-    let stream = format!("{name}-events");
+    // Each system its own stream: both read it from the start.
+    let stream = format!("{run_name}-events");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(create_topics(&[(&output, 1)]))?;
+    rt.block_on(create_topics(&[(&output, 1), (&stream, PARTITIONS)]))?;
     progress(&format!(
         "{}: loading a {}-row table into state",
         system.label(),
