@@ -31,6 +31,9 @@ pub trait Engine {
     fn wait_running(&mut self, within: Duration) -> anyhow::Result<()>;
     /// Its log file, which every restart appends to.
     fn log_file(&self) -> &Path;
+    /// Whether it says, right now, that it is running (see
+    /// [`Engine::wait_running`]); never blocks for long.
+    fn is_ready(&mut self) -> bool;
 }
 
 /// The log written after byte `from` of `log` (its length when a restart
@@ -69,6 +72,9 @@ impl Engine for Millrace {
     }
     fn log_file(&self) -> &Path {
         self.log_path()
+    }
+    fn is_ready(&mut self) -> bool {
+        matches!(self.get("/readyz"), Ok((200, _)))
     }
 }
 
@@ -207,6 +213,10 @@ impl Engine for App {
 
     fn log_file(&self) -> &Path {
         &self.log
+    }
+
+    fn is_ready(&mut self) -> bool {
+        log_since(&self.log, self.started_at).contains("state RUNNING")
     }
 }
 

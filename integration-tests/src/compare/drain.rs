@@ -22,6 +22,11 @@ pub struct Drain {
     /// Start to the last offset committed.
     pub seconds: f64,
     pub records_per_second: f64,
+    /// Start until the system said it runs (Millrace's `/readyz`, Kafka
+    /// Streams' state RUNNING); `None` if it never said so before draining.
+    pub startup_seconds: Option<f64>,
+    /// Records per second after start-up.
+    pub processing_records_per_second: Option<f64>,
     /// The system's user + system CPU over the run.
     pub cpu_seconds: f64,
     pub cpu_seconds_per_million: f64,
@@ -66,7 +71,8 @@ pub fn drain(
     let machine_before = bench::machine_busy_seconds();
     let started = Instant::now();
     let mut run = launcher.window(system, guarantee, name, input, &output)?;
-    let usage = watch_drain(run.engine.as_mut(), &run.group, input, started + within)?;
+    let (usage, ready) = watch_drain(run.engine.as_mut(), &run.group, input, started + within)?;
+    let startup_seconds = ready.map(|r| (r - started).as_secs_f64());
     let seconds = started.elapsed().as_secs_f64();
     let machine_cpu_seconds = bench::machine_busy_seconds() - machine_before;
     let broker_cpu_seconds = broker
@@ -82,6 +88,10 @@ pub fn drain(
         records,
         seconds,
         records_per_second: records as f64 / seconds,
+        startup_seconds,
+        processing_records_per_second: startup_seconds
+            .filter(|s| *s < seconds)
+            .map(|s| records as f64 / (seconds - s)),
         cpu_seconds: usage.cpu_seconds,
         cpu_seconds_per_million: usage.cpu_seconds / (records as f64 / 1e6),
         peak_rss_mib: usage.peak_rss as f64 / 1048576.0,
@@ -89,9 +99,10 @@ pub fn drain(
         machine_cpu_seconds,
     };
     progress(&format!(
-        "{} {}: {seconds:.1} s, {:.0} records/s, {:.1} CPU s, peak RSS {:.0} MiB",
+        "{} {}: {seconds:.1} s (start-up {}), {:.0} records/s, {:.1} CPU s, peak RSS {:.0} MiB",
         system.label(),
         guarantee.label(),
+        startup_seconds.map_or("?".into(), |s| format!("{s:.1} s")),
         figures.records_per_second,
         figures.cpu_seconds,
         figures.peak_rss_mib
@@ -100,18 +111,23 @@ pub fn drain(
 }
 
 /// Samples the engine's usage every 100 ms until `group` has committed the
-/// end of `input`; returns the last sample.
+/// end of `input`; returns the last sample and when the engine first said it
+/// was running (it may drain before it says so).
 pub fn watch_drain(
     engine: &mut dyn Engine,
     group: &str,
     input: &str,
     deadline: Instant,
-) -> anyhow::Result<Usage> {
+) -> anyhow::Result<(Usage, Option<Instant>)> {
     let pid = engine.pid().context("the process is not running")?;
     let mut usage = Usage::default();
+    let mut ready = None;
     loop {
         if let Ok(u) = bench::usage(pid) {
             usage = u;
+        }
+        if ready.is_none() && engine.is_ready() {
+            ready = Some(Instant::now());
         }
         if group_caught_up(group, input) {
             break;
@@ -131,5 +147,5 @@ pub fn watch_drain(
     if let Ok(u) = bench::usage(pid) {
         usage = u;
     }
-    Ok(usage)
+    Ok((usage, ready))
 }

@@ -52,6 +52,8 @@ pub struct Latency {
     /// The system's CPU while the input was produced, % of one core.
     pub cpu_percent: f64,
     pub peak_rss_mib: f64,
+    /// Process start until it said it runs, with an empty input.
+    pub startup_seconds: f64,
 }
 
 /// Runs `system` on live input at `rate` records/s for `seconds`; results of
@@ -70,8 +72,10 @@ pub fn latency(
         .enable_all()
         .build()?;
     rt.block_on(create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS)]))?;
+    let starting = Instant::now();
     let mut run = launcher.window(system, guarantee, name, &input, &output)?;
     run.engine.wait_running(START_WITHIN)?;
+    let startup_seconds = starting.elapsed().as_secs_f64();
     let pid = run.engine.pid().context("the process is not running")?;
     let watcher = Watcher::start(&output)?;
     progress(&format!(
@@ -141,6 +145,7 @@ pub fn latency(
         percentiles: (0..=100).map(|q| at(f64::from(q))).collect(),
         cpu_percent: (after.cpu_seconds - before.cpu_seconds) / produce_seconds * 100.0,
         peak_rss_mib: peak as f64 / 1048576.0,
+        startup_seconds,
     };
     progress(&format!(
         "{} {}: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {} results ({}/{} arrived), \

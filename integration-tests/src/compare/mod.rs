@@ -338,7 +338,7 @@ fn profiled(
     running.engine.wait_running(engines::START_WITHIN)?;
     let pid = running.engine.pid().ok_or_else(|| anyhow::anyhow!("millrace is not running"))?;
     let recording = profile::record(pid, FREQUENCY, &data)?;
-    let usage = drain::watch_drain(
+    let outcome = drain::watch_drain(
         running.engine.as_mut(),
         &running.group,
         input,
@@ -347,7 +347,7 @@ fn profiled(
     let seconds = started.elapsed().as_secs_f64();
     let profile = recording.finish(FREQUENCY, &options.folded);
     running.engine.stop()?;
-    let usage = usage?;
+    let (usage, _) = outcome?;
     let profile = profile?;
     results.profiled_drain = Some(Drain {
         system: System::Millrace,
@@ -355,6 +355,8 @@ fn profiled(
         records: options.records,
         seconds,
         records_per_second: options.records as f64 / seconds,
+        startup_seconds: None,
+        processing_records_per_second: None,
         cpu_seconds: usage.cpu_seconds,
         cpu_seconds_per_million: usage.cpu_seconds / (options.records as f64 / 1e6),
         peak_rss_mib: usage.peak_rss as f64 / 1048576.0,

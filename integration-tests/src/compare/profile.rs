@@ -48,20 +48,24 @@ pub fn record(pid: u32, frequency: u32, data: &Path) -> anyhow::Result<Recording
     })
 }
 
-/// Components a sample's stack may pass through, in the order they are
-/// tried for the sample's own (leaf) frame. A name matches when it
-/// contains one of the patterns.
+/// Components a sample's stack may pass through. A name belongs to the
+/// first component one of whose patterns it contains.
 const COMPONENTS: &[(&str, &[&str])] = &[
     ("kernel (system calls, network, page faults)", &["[kernel"]),
     ("RocksDB", &["rocksdb::", "rocksdb_", "librocksdb"]),
     ("librdkafka", &["rd_kafka", "rd_buf", "rd_slice", "rd_crc32", "rd_list", "rd_avg", "rd_tmr", "rd_ut"]),
     ("JSON (serde_json)", &["serde_json::"]),
+    ("CEL expressions (event time, value)", &["cel::", "millrace::expr"]),
     ("window step", &["millrace::steps::window", "millrace::steps::aggregates"]),
     ("state layer (task stores, changelog)", &["millrace::state::"]),
     ("runtime loop and transactions", &["millrace::runtime::"]),
     ("pipeline and other Millrace code", &["millrace::"]),
-    ("allocator and memcpy (libc)", &["malloc", "free", "realloc", "memcpy", "memmove", "memset", "memcmp"]),
+    (ALLOCATOR, &["malloc", "free", "realloc", "memcpy", "memmove", "memset", "memcmp", "tcache_"]),
 ];
+
+/// Claims only the samples no other component does: a `malloc` called by
+/// the state layer is the state layer's cost.
+const ALLOCATOR: &str = "allocator and memcpy (libc), unclaimed";
 
 /// The profile of one run.
 #[derive(Debug, Clone, Serialize)]
@@ -70,7 +74,8 @@ pub struct Profile {
     pub frequency: u32,
     /// (share of samples, function) by time in the function itself.
     pub self_top: Vec<(f64, String)>,
-    /// (share of samples, component) by the sample's own frame.
+    /// (share of samples, component) by the innermost component in the
+    /// sample's stack (see [`owner`]).
     pub self_components: Vec<(f64, String)>,
     /// (share of samples, component) counting a sample for every component
     /// its stack passes through.
@@ -84,7 +89,7 @@ pub struct Profile {
     pub breakdown: Vec<Component>,
 }
 
-/// One component's self time and where in it.
+/// One component's share (by [`owner`]) and the frames that claimed it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Component {
     pub name: String,
@@ -224,6 +229,23 @@ fn component(frame: &str) -> Option<&'static str> {
         .map(|(name, _)| *name)
 }
 
+/// The component a sample's cost belongs to, and the frame that puts it
+/// there: the innermost frame of a component other than the allocator,
+/// else the innermost allocator frame, else the leaf ("other").
+fn owner(frames: &[String]) -> (&'static str, &str) {
+    let mut allocator = None;
+    for frame in frames {
+        match component(frame) {
+            Some(ALLOCATOR) => {
+                allocator.get_or_insert((ALLOCATOR, frame.as_str()));
+            }
+            Some(c) => return (c, frame),
+            None => {}
+        }
+    }
+    allocator.unwrap_or(("other", frames.first().map_or("", String::as_str)))
+}
+
 fn analyse(stacks: &[Stack], frequency: u32) -> Profile {
     let total = stacks.len() as f64;
     let mut self_fn: HashMap<&str, usize> = HashMap::new();
@@ -235,15 +257,11 @@ fn analyse(stacks: &[Stack], frequency: u32) -> Profile {
     for Stack { thread, frames: stack } in stacks {
         *threads.entry(thread).or_default() += 1;
         if let Some(leaf) = stack.first() {
-            let comp = component(leaf).unwrap_or("other");
             *self_fn.entry(leaf).or_default() += 1;
-            *self_comp.entry(comp).or_default() += 1;
-            *by_comp
-                .entry(comp)
-                .or_default()
-                .entry(leaf)
-                .or_default() += 1;
         }
+        let (comp, frame) = owner(stack);
+        *self_comp.entry(comp).or_default() += 1;
+        *by_comp.entry(comp).or_default().entry(frame).or_default() += 1;
         let mut comps: Vec<&str> = stack.iter().filter_map(|f| component(f)).collect();
         comps.sort_unstable();
         comps.dedup();
@@ -345,6 +363,15 @@ rdk:broker1 123/125
         );
         assert_eq!(share(&p.inclusive_components, "librdkafka"), Some(50.0));
         assert_eq!(share(&p.threads, "rdk:broker"), Some(50.0));
+        // malloc is its caller's cost; alone, the allocator's.
+        let frames = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let stack = frames(&["_int_malloc", "millrace::state::task::Store::remember"]);
+        assert_eq!(
+            owner(&stack),
+            ("state layer (task stores, changelog)", "millrace::state::task::Store::remember")
+        );
+        assert_eq!(owner(&frames(&["_int_free", "start_thread"])), (ALLOCATOR, "_int_free"));
+        assert_eq!(owner(&frames(&["start_thread"])), ("other", "start_thread"));
         assert_eq!(
             share(&p.inclusive_components, "pipeline and other Millrace code"),
             Some(50.0)

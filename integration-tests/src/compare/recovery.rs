@@ -114,7 +114,7 @@ pub fn recovery(
     ));
     let started = Instant::now();
     let mut run = launcher.join(system, &run_name, &stream, &table.topic, &output)?;
-    let usage = super::drain::watch_drain(
+    let (usage, _) = super::drain::watch_drain(
         run.engine.as_mut(),
         &run.group,
         &table.topic,

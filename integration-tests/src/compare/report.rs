@@ -110,6 +110,22 @@ fn summary_rows(results: &Results) -> Vec<[String; 4]> {
                 String::new(),
             ]);
         }
+        let (m, k) = pair(&|s| {
+            find(&results.drains, s, g).and_then(|d| d.processing_records_per_second)
+        });
+        rows.push([
+            format!("— records/s after start-up, {} (higher is better)", g.label()),
+            num(m, 0),
+            num(k, 0),
+            ratio(m, k),
+        ]);
+        let (m, k) = pair(&|s| find(&results.drains, s, g).and_then(|d| d.startup_seconds));
+        rows.push([
+            format!("— start-up (process start to ready), {}, s (lower is better)", g.label()),
+            num(m, 1),
+            num(k, 1),
+            ratio(m, k),
+        ]);
         let (m, k) = pair(&|s| find(&results.drains, s, g).map(|d| d.cpu_seconds_per_million));
         rows.push([
             format!("CPU seconds per million records, {} (lower is better)", g.label()),
@@ -269,7 +285,10 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
         "All {} records are in the input topic before a system starts (loaded at {:.0} \
          records/s); each run is a fresh consumer group and a fresh state. The time runs \
          from starting the process (JVM start-up included) to the group's committed offsets \
-         reaching the end of the input. CPU is the process's user + system time \
+         reaching the end of the input; \"start-up\" is the part until the system said it \
+         runs (Millrace's `/readyz` answering 200, Kafka Streams' state RUNNING; the \
+         pass-through loops print it once subscribed), and the rate after start-up divides \
+         the records by the rest. CPU is the process's user + system time \
          (`/proc/<pid>/stat`), peak RSS its `VmHWM`, both read the same way for the JVM and \
          Millrace. \"Broker CPU\" is the Kafka broker's CPU over the run, \"machine CPU\" \
          every core's busy time (`/proc/stat`), and \"others\" the machine's minus the \
@@ -279,20 +298,22 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
     )?;
     writeln!(
         out,
-        "| system | guarantee | drain time | records/s | CPU s | CPU s per M | peak RSS | broker CPU s | machine CPU s | others CPU s |"
+        "| system | guarantee | drain time | records/s | start-up | records/s after start-up | CPU s | CPU s per M | peak RSS | broker CPU s | machine CPU s | others CPU s |"
     )?;
-    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     for d in r.drains.iter().chain(&r.passthrough) {
         let others = d
             .broker_cpu_seconds
             .map(|b| d.machine_cpu_seconds - d.cpu_seconds - b);
         writeln!(
             out,
-            "| {} | {} | {:.1} s | {:.0} | {:.1} | {:.1} | {:.0} MiB | {} | {:.1} | {} |",
+            "| {} | {} | {:.1} s | {:.0} | {} | {} | {:.1} | {:.1} | {:.0} MiB | {} | {:.1} | {} |",
             d.system.label(),
             d.guarantee.label(),
             d.seconds,
             d.records_per_second,
+            d.startup_seconds.map_or("–".into(), |s| format!("{s:.1} s")),
+            num(d.processing_records_per_second, 0),
             d.cpu_seconds,
             d.cpu_seconds_per_million,
             d.peak_rss_mib,
@@ -386,13 +407,13 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
     )?;
     writeln!(
         out,
-        "| system | target rate | achieved rate | run | results measured | results / windows closed | p50 | p99 | max | CPU (% of a core) | peak RSS |"
+        "| system | target rate | achieved rate | run | results measured | results / windows closed | p50 | p99 | max | CPU (% of a core) | peak RSS | start-up |"
     )?;
-    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     for l in &r.latency {
         writeln!(
             out,
-            "| {} | {} | {:.0} | {} s | {} | {} / {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0}% | {:.0} MiB |",
+            "| {} | {} | {:.0} | {} s | {} | {} / {} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0}% | {:.0} MiB | {:.1} s |",
             l.system.label(),
             l.target_rate,
             l.achieved_rate,
@@ -404,7 +425,8 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
             l.p99_ms,
             l.max_ms,
             l.cpu_percent,
-            l.peak_rss_mib
+            l.peak_rss_mib,
+            l.startup_seconds
         )?;
     }
     writeln!(out, "\n![latency](charts/latency.png)\n")?;
@@ -475,13 +497,16 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
                     out,
                     "`perf record -F {} --call-graph dwarf` attached to Millrace during one more \
                      exactly-once drain of the same backlog ({:.1} s, {:.0} records/s under \
-                     perf), {} samples. A sample belongs to a component by its own (innermost) \
-                     frame; the inclusive column counts it for every component its stack passes \
-                     through. Flame graph: [charts/flamegraph.png](charts/flamegraph.png).\n",
+                     perf), {} samples of on-CPU time. A sample belongs to the innermost component \
+                     in its stack (a `malloc` called by the state layer is the state layer's; \
+                     the allocator row holds what nothing else claims); the inclusive column \
+                     counts it for every component its stack passes through. Time Millrace \
+                     spends waiting (for the broker, a commit, a restore) is not sampled. \
+                     Flame graph: [charts/flamegraph.png](charts/flamegraph.png).\n",
                     p.frequency, d.seconds, d.records_per_second, p.samples
                 )?;
             }
-            writeln!(out, "| component | self | inclusive |")?;
+            writeln!(out, "| component | own | inclusive |")?;
             writeln!(out, "|---|---|---|")?;
             for (share, name) in &p.self_components {
                 let inclusive = p
@@ -502,8 +527,8 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
             for (share, name) in &p.self_top {
                 writeln!(out, "| {share:.1}% | {} |", code(name))?;
             }
-            writeln!(out, "\nEach component's functions by their own time:\n")?;
-            writeln!(out, "| component | functions |")?;
+            writeln!(out, "\nWhere in each component (the frames that claimed its samples):\n")?;
+            writeln!(out, "| component | frames |")?;
             writeln!(out, "|---|---|")?;
             for c in &p.breakdown {
                 writeln!(out, "| {} ({:.1}%) | {} |", c.name, c.share, functions(&c.functions))?;
@@ -518,8 +543,9 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
             writeln!(out, "## Closing note: the top three costs\n")?;
             writeln!(
                 out,
-                "By the profile above (self time, grouped by component), Millrace's three \
-                 largest costs while draining the backlog exactly-once were:\n"
+                "By the profile above (on-CPU samples, each given to the innermost component \
+                 of its stack), Millrace's three largest costs while draining the backlog \
+                 exactly-once were:\n"
             )?;
             for (i, c) in p
                 .breakdown
@@ -530,7 +556,7 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
             {
                 writeln!(
                     out,
-                    "{}. **{}**: {:.0}% of the samples; mostly {}.",
+                    "{}. **{}**: {:.0}% of the samples; in {}.",
                     i + 1,
                     c.name,
                     c.share,
