@@ -98,15 +98,110 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
     })
 }
 
-/// Clock ticks per second (`getconf CLK_TCK`, 100 on Linux).
+/// Clock ticks per second (`getconf CLK_TCK`, 100 on Linux), asked once.
 fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// CPU seconds the whole machine has spent busy (every core, all
+/// processes: `/proc/stat` minus idle and iowait) since boot. The
+/// difference over a run, less what the measured processes used, is the
+/// load others put on the machine meanwhile.
+pub fn machine_busy_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already inside user and nice).
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy: f64 = ticks
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy / clock_ticks()
+}
+
+/// The 1-minute load average.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
         .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// The local broker's process id when it was started by `scripts/kafka`
+/// (from its pid file), to count its CPU time too.
+pub fn broker_pid() -> Option<u32> {
+    let home = std::env::var_os("MILLRACE_KAFKA_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(std::path::PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+                .map(|c| c.join("millrace/kafka"))
+        })?;
+    let port = std::env::var("MILLRACE_KAFKA_PORT").unwrap_or_else(|_| "9092".into());
+    let pid: u32 = std::fs::read_to_string(home.join(format!("data-{port}/kafka.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+/// Deletes every topic whose name starts with `prefix`; returns how many.
+/// Benchmarks name all their topics (and the systems' internal topics)
+/// after one unique prefix so that this frees their disk space.
+pub fn delete_topics(prefix: &str) -> anyhow::Result<usize> {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(30))
+        .context("listing topics")?;
+    let names: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_string())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for result in runtime.block_on(admin.delete_topics(&refs, &options))? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((name, code)) => anyhow::bail!("deleting {name}: {code}"),
+        }
+    }
+    Ok(names.len())
 }
 
 /// Waits until `group` has committed the end of every partition of

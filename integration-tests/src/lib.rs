@@ -11,6 +11,8 @@
 //! parallel against one broker.
 
 pub mod bench;
+pub mod compare;
+pub mod process;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -509,6 +511,11 @@ impl Millrace {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The process's log file (appended to by every restart).
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 }
 

@@ -6,6 +6,10 @@
 //! with exactly-once and with at-least-once, side by side; then the time
 //! from restart to first output after a SIGKILL with a large state, with
 //! the local state kept (tail restore) and deleted (full restore).
+//!
+//! `compare`: Millrace side by side with Kafka Streams and against the
+//! broker's own limit (run through `bench/run`; see
+//! `millrace_integration_tests::compare`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -42,6 +46,73 @@ enum Bench {
         #[arg(long, default_value = "bench/stateful-report.md")]
         report: PathBuf,
     },
+    /// Millrace against Kafka Streams (built in `--peer`) and against
+    /// pass-through loops: backlog drains, latency at a fixed rate, restart
+    /// after SIGKILL with a large state, and a profile of Millrace.
+    Compare(CompareArgs),
+    /// The librdkafka pass-through loop `compare` runs as a process of its
+    /// own (copies `--input` to `--output` until SIGTERM).
+    #[command(hide = true)]
+    Passthrough {
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        output: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long, action = clap::ArgAction::Set)]
+        transactional: bool,
+        #[arg(long, default_value_t = 100)]
+        commit_ms: u64,
+    },
+}
+
+#[derive(clap::Args)]
+struct CompareArgs {
+    /// Backlog records for the drains.
+    #[arg(long, default_value_t = 2_000_000)]
+    records: usize,
+    /// Distinct devices (keys).
+    #[arg(long, default_value_t = 1_000)]
+    keys: usize,
+    /// Input rate of the latency runs, records/s.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Length of each latency run, seconds.
+    #[arg(long, default_value_t = 60)]
+    latency_seconds: u64,
+    /// Results of windows closing in the first seconds of a latency run
+    /// are not measured.
+    #[arg(long, default_value_t = 15)]
+    warmup_seconds: u64,
+    /// Table size for the recovery runs, MiB.
+    #[arg(long, default_value_t = 1024)]
+    state_mib: usize,
+    /// The Kafka Streams peer, built with `mvn compile dependency:build-classpath`.
+    #[arg(long, default_value = "bench/peers/kafka-streams")]
+    peer: PathBuf,
+    /// The `java` command.
+    #[arg(long, env = "JAVA", default_value = "java")]
+    java: PathBuf,
+    /// JVM options of the peer, split on whitespace.
+    #[arg(long, env = "MILLRACE_BENCH_JAVA_OPTS", default_value = "-Xmx1g")]
+    java_opts: String,
+    /// Parts to leave out.
+    #[arg(long, value_delimiter = ',')]
+    skip: Vec<millrace_integration_tests::compare::Part>,
+    /// Where to write the report.
+    #[arg(long, default_value = "bench/report.md")]
+    report: PathBuf,
+    /// Where to write every raw figure (read by bench/charts.py).
+    #[arg(long, default_value = "bench/results.json")]
+    results: PathBuf,
+    /// Where to write the profile's folded stacks (for the flame graph).
+    #[arg(long, default_value = "bench/profile.folded")]
+    folded: PathBuf,
+    /// README whose `<!-- compare:begin -->` section gets the summary
+    /// (`bench/run` passes README.md).
+    #[arg(long)]
+    readme: Option<PathBuf>,
 }
 
 const PARTITIONS: i32 = 4;
@@ -54,7 +125,45 @@ fn main() -> anyhow::Result<()> {
             state_mib,
             report,
         } => stateful(records, keys, state_mib, &report),
+        Bench::Compare(args) => compare(args),
+        Bench::Passthrough {
+            input,
+            output,
+            group,
+            transactional,
+            commit_ms,
+        } => millrace_integration_tests::compare::passthrough::run(
+            millrace_integration_tests::bootstrap(),
+            &input,
+            &output,
+            &group,
+            transactional,
+            Duration::from_millis(commit_ms),
+        ),
     }
+}
+
+fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    let command: Vec<String> = std::env::args().skip(1).collect();
+    let options = millrace_integration_tests::compare::Options {
+        records: args.records,
+        keys: args.keys,
+        rate: args.rate,
+        latency_seconds: args.latency_seconds,
+        warmup_seconds: args.warmup_seconds,
+        state_mib: args.state_mib,
+        peer_dir: args.peer,
+        java: args.java,
+        java_opts: args.java_opts.split_whitespace().map(str::to_string).collect(),
+        bench_bin: std::env::current_exe().context("locating millrace-bench")?,
+        report: args.report,
+        results: args.results,
+        folded: args.folded,
+        readme: args.readme,
+        skip: args.skip,
+        command: format!("millrace-bench {}", command.join(" ")),
+    };
+    millrace_integration_tests::compare::run(&options)
 }
 
 /// One throughput run's figures.
