@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rdkafka::ClientConfig;
 use tracing::warn;
 
-use super::restore::restore;
+use super::restore::Restorer;
 use super::rocks::{StateEnv, TaskDb};
 use super::task::TaskState;
 use super::{StateError, TaskStores};
@@ -29,7 +29,7 @@ pub struct StateManager {
     pipeline: String,
     stores: Vec<String>,
     tasks: BTreeMap<i32, TaskState>,
-    restore_client: ClientConfig,
+    restorer: Restorer,
     metrics: Arc<Metrics>,
 }
 
@@ -49,7 +49,7 @@ impl StateManager {
             pipeline: pipeline.to_string(),
             stores,
             tasks: BTreeMap::new(),
-            restore_client,
+            restorer: Restorer::new(restore_client),
             metrics,
         }
     }
@@ -73,7 +73,7 @@ impl StateManager {
         };
         for store in &self.stores {
             let topic = changelog_topic(&self.pipeline, store);
-            let restored = restore(&self.restore_client, &db, store, &topic, task)?;
+            let restored = self.restorer.restore(&db, store, &topic, task)?;
             let kind = if restored.full { "full" } else { "tail" };
             self.metrics
                 .state_restores

@@ -13,7 +13,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::StateError;
 use super::rocks::{Change, TaskDb};
@@ -31,7 +31,7 @@ struct QuietEof;
 impl rdkafka::ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
         if !matches!(error, KafkaError::PartitionEOF(_)) {
-            tracing::warn!(%error, reason, "restore consumer error");
+            warn!(%error, reason, "restore consumer error");
         }
     }
 }
@@ -51,9 +51,64 @@ fn kafka(context: &str, e: KafkaError) -> StateError {
     StateError::Storage(format!("{context}: {e}"))
 }
 
-/// Brings `store` of `db` up to the end of its changelog partition.
-pub fn restore(
-    client: &ClientConfig,
+/// Reads changelogs into task stores. One consumer serves every restore of
+/// an instance: creating and closing a librdkafka consumer per store cost
+/// about a second each, which made start-up grow with the partition count.
+pub struct Restorer {
+    client: ClientConfig,
+    consumer: Option<BaseConsumer<QuietEof>>,
+}
+
+impl Restorer {
+    pub fn new(client: ClientConfig) -> Restorer {
+        Restorer {
+            client,
+            consumer: None,
+        }
+    }
+
+    fn consumer(&mut self) -> Result<&BaseConsumer<QuietEof>, StateError> {
+        if self.consumer.is_none() {
+            let mut config = self.client.clone();
+            config
+                .set("isolation.level", "read_committed")
+                .set("enable.partition.eof", "true")
+                .set("enable.auto.commit", "false")
+                // A restore reads to the end as fast as it can: waiting
+                // for a fetch to fill up only delays reaching the end.
+                .set("fetch.wait.max.ms", "10")
+                // Assigned partitions only: the group id is never joined.
+                .set("group.id", "millrace-restore");
+            let consumer = config
+                .create_with_context(QuietEof)
+                .map_err(|e| kafka("restore consumer", e))?;
+            self.consumer = Some(consumer);
+        }
+        self.consumer
+            .as_ref()
+            .ok_or_else(|| StateError::Storage("restore consumer missing".into()))
+    }
+
+    /// Brings `store` of `db` up to the end of its changelog partition.
+    pub fn restore(
+        &mut self,
+        db: &TaskDb,
+        store: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Restored, StateError> {
+        let consumer = self.consumer()?;
+        let result = restore(consumer, db, store, topic, partition);
+        // Leave nothing assigned (and nothing prefetched) between restores.
+        if let Err(e) = consumer.unassign() {
+            warn!(error = %e, "restore consumer unassign");
+        }
+        result
+    }
+}
+
+fn restore(
+    consumer: &BaseConsumer<QuietEof>,
     db: &TaskDb,
     store: &str,
     topic: &str,
@@ -61,16 +116,22 @@ pub fn restore(
 ) -> Result<Restored, StateError> {
     let started = Instant::now();
     let stored = db.changelog_offset(store)?;
+    // Nothing to read when the local copy already ends where the changelog
+    // ends (a clean restart), or when the changelog is empty (a new
+    // pipeline): answered by one metadata round trip instead of a fetch
+    // that waits for the end-of-partition event.
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(30))
+        .map_err(|e| kafka("changelog watermarks", e))?;
+    let up_to_date = match stored {
+        Some(next) => next == high,
+        None => low == high,
+    };
+    if up_to_date {
+        flush_done(db, store, stored.unwrap_or(high))?;
+        return Ok(finish(stored.is_none(), 0, started, store, partition));
+    }
     let start = stored.map_or(Offset::Beginning, Offset::Offset);
-    let mut config = client.clone();
-    config
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true")
-        .set("enable.auto.commit", "false")
-        .set("group.id", format!("{topic}-restore"));
-    let consumer: BaseConsumer<QuietEof> = config
-        .create_with_context(QuietEof)
-        .map_err(|e| kafka("restore consumer", e))?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, start)
         .map_err(|e| kafka("restore assignment", e))?;
@@ -127,8 +188,20 @@ pub fn restore(
         }
     };
     flush(&mut batch, next)?;
+    Ok(finish(stored.is_none(), records, started, store, partition))
+}
+
+/// Records where a store's changelog ends, with nothing to apply.
+fn flush_done(db: &TaskDb, store: &str, next: i64) -> Result<(), StateError> {
+    db.apply(
+        &BTreeMap::from([(store.to_string(), BTreeMap::new())]),
+        &BTreeMap::from([(store.to_string(), next)]),
+    )
+}
+
+fn finish(full: bool, records: u64, started: Instant, store: &str, partition: i32) -> Restored {
     let restored = Restored {
-        full: stored.is_none(),
+        full,
         records,
         elapsed: started.elapsed(),
     };
@@ -140,5 +213,5 @@ pub fn restore(
         elapsed = ?restored.elapsed,
         "restored"
     );
-    Ok(restored)
+    restored
 }
