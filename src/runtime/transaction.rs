@@ -294,7 +294,9 @@ impl Transaction {
             return Ok(());
         }
         let started = Instant::now();
+        let mut changelog_sent = Duration::ZERO;
         let result = self.send_changelog().and_then(|()| {
+            changelog_sent = started.elapsed();
             if self.transactional {
                 self.try_commit(group)
             } else {
@@ -329,12 +331,23 @@ impl Transaction {
                         .with_label_values(&[&topic, reason])
                         .inc_by(n);
                 }
-                debug!(records = self.consumed, "transaction committed");
+                let committed = started.elapsed();
                 let delivered = self.producer.context().take_delivered();
+                let records = self.consumed;
                 self.reset();
                 if let Some(state) = self.state.as_mut() {
                     state.apply_committed(&delivered)?;
                 }
+                // Where a commit's time goes, for whoever tunes the commit
+                // interval: queueing the changelog, the broker round trips,
+                // and writing the committed state locally.
+                debug!(
+                    records,
+                    changelog_ms = changelog_sent.as_millis() as u64,
+                    broker_ms = (committed - changelog_sent).as_millis() as u64,
+                    apply_ms = (started.elapsed() - committed).as_millis() as u64,
+                    "transaction committed"
+                );
             }
             Err(e) => {
                 warn!(error = %e, "commit failed");
@@ -405,13 +418,18 @@ impl Transaction {
 
     fn try_commit(&mut self, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
         let tpl = self.offset_list()?;
-        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let deadline = started + self.timeout;
         if tpl.count() > 0 {
             retry_until(deadline, || {
                 self.producer
                     .send_offsets_to_transaction(&tpl, group, remaining(deadline))
             })?;
         }
+        debug!(
+            offsets_ms = started.elapsed().as_millis() as u64,
+            "offsets added to the transaction"
+        );
         retry_until(deadline, || {
             self.producer.commit_transaction(remaining(deadline))
         })
