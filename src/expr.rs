@@ -52,8 +52,26 @@ pub struct Expr {
 
 /// CEL's reserved words: never field names in a selection.
 const RESERVED: &[&str] = &[
-    "true", "false", "null", "in", "as", "break", "const", "continue", "else", "for",
-    "function", "if", "import", "let", "loop", "package", "namespace", "return", "var", "void",
+    "true",
+    "false",
+    "null",
+    "in",
+    "as",
+    "break",
+    "const",
+    "continue",
+    "else",
+    "for",
+    "function",
+    "if",
+    "import",
+    "let",
+    "loop",
+    "package",
+    "namespace",
+    "return",
+    "var",
+    "void",
     "while",
 ];
 
@@ -154,9 +172,9 @@ impl Expr {
         let mut at = input.value;
         for field in self.path.iter().flatten() {
             at = match at {
-                Json::Object(fields) => fields.get(field).ok_or_else(|| {
-                    format!("`{}` failed: No such key: {field}", self.source)
-                })?,
+                Json::Object(fields) => fields
+                    .get(field)
+                    .ok_or_else(|| format!("`{}` failed: No such key: {field}", self.source))?,
                 other => {
                     return Err(format!(
                         "`{}` failed: no field `{field}` on a {}",
@@ -349,10 +367,21 @@ mod tests {
             json!([1, 2]),
             json!(5),
         ];
-        for source in ["value.t", "value.hr", "value.ok", "value.d", "value.d.id", "value.d.n", "value.d.id.deep"] {
+        for source in [
+            "value.t",
+            "value.hr",
+            "value.ok",
+            "value.d",
+            "value.d.id",
+            "value.d.n",
+            "value.d.id.deep",
+        ] {
             let fast = Expr::compile(source).unwrap();
             assert!(fast.path.is_some());
-            let slow = Expr { path: None, ..Expr::compile(source).unwrap() };
+            let slow = Expr {
+                path: None,
+                ..Expr::compile(source).unwrap()
+            };
             for v in &records {
                 let i = input(v);
                 let (a, b) = (fast.eval(&scope, &i), slow.eval(&scope, &i));
@@ -363,7 +392,11 @@ mod tests {
                 // Error texts differ (ours names the field); outcomes may not.
                 let (a, b) = (fast.eval_bool(&scope, &i), slow.eval_bool(&scope, &i));
                 assert_eq!(a.clone().ok(), b.clone().ok(), "{source} on {v} as bool");
-                assert_eq!(a.is_ok(), b.is_ok(), "{source} on {v} as bool: {a:?} vs {b:?}");
+                assert_eq!(
+                    a.is_ok(),
+                    b.is_ok(),
+                    "{source} on {v} as bool: {a:?} vs {b:?}"
+                );
             }
         }
     }

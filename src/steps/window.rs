@@ -893,9 +893,10 @@ mod tests {
     #[test]
     fn closing_scans_from_the_frontier_which_moves_only_past_handled_entries() {
         let frontier = |f: &Feed| {
-            store(f).entries.get(FRONTIER).map(|b| {
-                keys::decode_time(b.as_slice().try_into().expect("a time"))
-            })
+            store(f)
+                .entries
+                .get(FRONTIER)
+                .map(|b| keys::decode_time(b.as_slice().try_into().expect("a time")))
         };
         let mut op = window(json!({"type": "tumbling", "size": "10s", "grace": "1s"}));
         let mut f = Feed::new();
@@ -925,8 +926,10 @@ mod tests {
         assert!(feed(&mut op, &mut f, "y", 45_000, 0).is_empty());
         assert_eq!(
             feed(&mut op, &mut f, "y", 61_000, 0),
-            [json!({"key": "y", "start": 40_000, "end": 50_000, "count": 1}),
-             json!({"key": "z", "start": 40_000, "end": 50_000, "count": 3})]
+            [
+                json!({"key": "y", "start": 40_000, "end": 50_000, "count": 1}),
+                json!({"key": "z", "start": 40_000, "end": 50_000, "count": 3})
+            ]
         );
     }
 

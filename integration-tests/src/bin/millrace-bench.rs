@@ -154,7 +154,11 @@ fn compare(args: CompareArgs) -> anyhow::Result<()> {
         state_mib: args.state_mib,
         peer_dir: args.peer,
         java: args.java,
-        java_opts: args.java_opts.split_whitespace().map(str::to_string).collect(),
+        java_opts: args
+            .java_opts
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
         bench_bin: std::env::current_exe().context("locating millrace-bench")?,
         report: args.report,
         results: args.results,

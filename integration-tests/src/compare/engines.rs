@@ -143,7 +143,12 @@ impl Peer {
     }
 
     /// Starts `Main <command> --name value ...`.
-    fn start(&self, command: &str, options: &[(&str, String)], log: PathBuf) -> anyhow::Result<App> {
+    fn start(
+        &self,
+        command: &str,
+        options: &[(&str, String)],
+        log: PathBuf,
+    ) -> anyhow::Result<App> {
         let mut args = self.java_opts.clone();
         args.extend([
             "-cp".to_string(),

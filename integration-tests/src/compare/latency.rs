@@ -71,7 +71,10 @@ pub fn latency(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(create_topics(&[(&input, PARTITIONS), (&output, PARTITIONS)]))?;
+    rt.block_on(create_topics(&[
+        (&input, PARTITIONS),
+        (&output, PARTITIONS),
+    ]))?;
     let starting = Instant::now();
     let mut run = launcher.window(system, guarantee, name, &input, &output)?;
     run.engine.wait_running(START_WITHIN)?;
@@ -128,7 +131,10 @@ pub fn latency(
         arrivals.len()
     );
     latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((q / 100.0 * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1];
+    let at = |q: f64| {
+        latencies
+            [((q / 100.0 * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
     let produce_seconds = produced.seconds;
     let figures = Latency {
         system,

@@ -145,10 +145,16 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let name = unique("cmp");
     let _cleanup = Cleanup(name.clone());
     // Logs and every system's local state live under this directory.
-    let logs = tempfile::Builder::new().prefix("millrace-compare").tempdir()?;
+    let logs = tempfile::Builder::new()
+        .prefix("millrace-compare")
+        .tempdir()?;
     on_interrupt(name.clone(), logs.path().to_path_buf())?;
     let launcher = Launcher {
-        peer: Peer::locate(&options.peer_dir, options.java.clone(), options.java_opts.clone())?,
+        peer: Peer::locate(
+            &options.peer_dir,
+            options.java.clone(),
+            options.java_opts.clone(),
+        )?,
         bench_bin: options.bench_bin.clone(),
         logs: logs.path().to_path_buf(),
     };
@@ -181,11 +187,22 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             for guarantee in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
                 for system in [System::PassJava, System::PassRdkafka] {
                     let run = format!("{name}-{}-{}", system.short(), guarantee.short());
-                    let outcome =
-                        drain::drain(&launcher, system, guarantee, &run, &input, options.records, within);
+                    let outcome = drain::drain(
+                        &launcher,
+                        system,
+                        guarantee,
+                        &run,
+                        &input,
+                        options.records,
+                        within,
+                    );
                     match outcome {
                         Ok(d) => results.passthrough.push(d.figures),
-                        Err(e) => fail(&mut results, &format!("{} {}", system.label(), guarantee.label()), e),
+                        Err(e) => fail(
+                            &mut results,
+                            &format!("{} {}", system.label(), guarantee.label()),
+                            e,
+                        ),
                     }
                     delete(&run);
                 }
@@ -274,8 +291,16 @@ fn drains(launcher: &Launcher, name: &str, input: &str, options: &Options, resul
         let mut outputs = Vec::new();
         for system in [System::Millrace, System::KafkaStreams] {
             let run = format!("{name}-{}-{}", system.short(), guarantee.short());
-            let outcome = drain::drain(launcher, system, guarantee, &run, input, options.records, within)
-                .and_then(|d| Ok((sanity::read_results(&d.output)?, d.figures)));
+            let outcome = drain::drain(
+                launcher,
+                system,
+                guarantee,
+                &run,
+                input,
+                options.records,
+                within,
+            )
+            .and_then(|d| Ok((sanity::read_results(&d.output)?, d.figures)));
             match outcome {
                 Ok((windows, figures)) => {
                     progress(&format!(
@@ -287,7 +312,11 @@ fn drains(launcher: &Launcher, name: &str, input: &str, options: &Options, resul
                     results.drains.push(figures);
                     outputs.push((system, windows));
                 }
-                Err(e) => fail(results, &format!("{} {}", system.label(), guarantee.label()), e),
+                Err(e) => fail(
+                    results,
+                    &format!("{} {}", system.label(), guarantee.label()),
+                    e,
+                ),
             }
             delete(&run);
         }
@@ -331,12 +360,21 @@ fn profiled(
     progress("Millrace exactly-once under perf: draining");
     let data = launcher.logs.join("perf.data");
     let started = Instant::now();
-    let mut running = launcher.window(System::Millrace, Guarantee::ExactlyOnce, &run, input, &output)?;
+    let mut running = launcher.window(
+        System::Millrace,
+        Guarantee::ExactlyOnce,
+        &run,
+        input,
+        &output,
+    )?;
     // `perf record -p` samples the threads that exist when it attaches, so
     // it attaches once Millrace is ready: its processing thread and the
     // clients' threads are running by then, and the drain has just begun.
     running.engine.wait_running(engines::START_WITHIN)?;
-    let pid = running.engine.pid().ok_or_else(|| anyhow::anyhow!("millrace is not running"))?;
+    let pid = running
+        .engine
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("millrace is not running"))?;
     let recording = profile::record(pid, FREQUENCY, &data)?;
     let outcome = drain::watch_drain(
         running.engine.as_mut(),
@@ -400,7 +438,11 @@ fn load_backlog(topic: &str, records: usize, keys: usize) -> anyhow::Result<(f64
             60.0 + rng.random_range(0.0..60.0)
         );
         bytes += value.len();
-        (key, (device % PARTITIONS as usize) as i32, value.into_bytes())
+        (
+            key,
+            (device % PARTITIONS as usize) as i32,
+            value.into_bytes(),
+        )
     })?;
     progress(&format!("loaded {records} records at {rate:.0}/s"));
     Ok((rate, bytes as f64 / records.max(1) as f64))

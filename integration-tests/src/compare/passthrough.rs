@@ -67,9 +67,8 @@ pub fn run(
     if transactional {
         producer_config.set("transactional.id", format!("{group}-txn"));
     }
-    let producer: ThreadedProducer<DefaultProducerContext> = producer_config
-        .create()
-        .context("creating the producer")?;
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        producer_config.create().context("creating the producer")?;
     consumer.subscribe(&[input])?;
     let timeout = Duration::from_secs(30);
     if transactional {

@@ -53,14 +53,33 @@ pub fn record(pid: u32, frequency: u32, data: &Path) -> anyhow::Result<Recording
 const COMPONENTS: &[(&str, &[&str])] = &[
     ("kernel (system calls, network, page faults)", &["[kernel"]),
     ("RocksDB", &["rocksdb::", "rocksdb_", "librocksdb"]),
-    ("librdkafka", &["rd_kafka", "rd_buf", "rd_slice", "rd_crc32", "rd_list", "rd_avg", "rd_tmr", "rd_ut"]),
+    (
+        "librdkafka",
+        &[
+            "rd_kafka", "rd_buf", "rd_slice", "rd_crc32", "rd_list", "rd_avg", "rd_tmr", "rd_ut",
+        ],
+    ),
     ("JSON (serde_json)", &["serde_json::"]),
-    ("CEL expressions (event time, value)", &["cel::", "millrace::expr"]),
-    ("window step", &["millrace::steps::window", "millrace::steps::aggregates"]),
-    ("state layer (task stores, changelog)", &["millrace::state::"]),
+    (
+        "CEL expressions (event time, value)",
+        &["cel::", "millrace::expr"],
+    ),
+    (
+        "window step",
+        &["millrace::steps::window", "millrace::steps::aggregates"],
+    ),
+    (
+        "state layer (task stores, changelog)",
+        &["millrace::state::"],
+    ),
     ("runtime loop and transactions", &["millrace::runtime::"]),
     ("pipeline and other Millrace code", &["millrace::"]),
-    (ALLOCATOR, &["malloc", "free", "realloc", "memcpy", "memmove", "memset", "memcmp", "tcache_"]),
+    (
+        ALLOCATOR,
+        &[
+            "malloc", "free", "realloc", "memcpy", "memmove", "memset", "memcmp", "tcache_",
+        ],
+    ),
 ];
 
 /// Claims only the samples no other component does: a `malloc` called by
@@ -254,7 +273,11 @@ fn analyse(stacks: &[Stack], frequency: u32) -> Profile {
     let mut incl_fn: HashMap<&str, usize> = HashMap::new();
     let mut threads: HashMap<&str, usize> = HashMap::new();
     let mut by_comp: HashMap<&str, HashMap<&str, usize>> = HashMap::new();
-    for Stack { thread, frames: stack } in stacks {
+    for Stack {
+        thread,
+        frames: stack,
+    } in stacks
+    {
         *threads.entry(thread).or_default() += 1;
         if let Some(leaf) = stack.first() {
             *self_fn.entry(leaf).or_default() += 1;
@@ -348,7 +371,10 @@ rdk:broker1 123/125
         let stacks = parse_script(text);
         assert_eq!(
             stacks[0].frames,
-            vec!["serde_json::de::from_slice", "millrace::pipeline::Pipeline::process"]
+            vec![
+                "serde_json::de::from_slice",
+                "millrace::pipeline::Pipeline::process"
+            ]
         );
         assert_eq!(stacks[0].thread, "millrace-it");
         let p = analyse(&stacks, 99);
@@ -358,7 +384,10 @@ rdk:broker1 123/125
         };
         assert_eq!(share(&p.self_components, "JSON (serde_json)"), Some(50.0));
         assert_eq!(
-            share(&p.self_components, "kernel (system calls, network, page faults)"),
+            share(
+                &p.self_components,
+                "kernel (system calls, network, page faults)"
+            ),
             Some(50.0)
         );
         assert_eq!(share(&p.inclusive_components, "librdkafka"), Some(50.0));
@@ -368,9 +397,15 @@ rdk:broker1 123/125
         let stack = frames(&["_int_malloc", "millrace::state::task::Store::remember"]);
         assert_eq!(
             owner(&stack),
-            ("state layer (task stores, changelog)", "millrace::state::task::Store::remember")
+            (
+                "state layer (task stores, changelog)",
+                "millrace::state::task::Store::remember"
+            )
         );
-        assert_eq!(owner(&frames(&["_int_free", "start_thread"])), (ALLOCATOR, "_int_free"));
+        assert_eq!(
+            owner(&frames(&["_int_free", "start_thread"])),
+            (ALLOCATOR, "_int_free")
+        );
         assert_eq!(owner(&frames(&["start_thread"])), ("other", "start_thread"));
         assert_eq!(
             share(&p.inclusive_components, "pipeline and other Millrace code"),

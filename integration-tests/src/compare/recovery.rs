@@ -203,7 +203,11 @@ fn restored(log: &str) -> Option<u64> {
         let n = if line.contains("restored") {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix("records="))
-                .and_then(|v| v.trim_matches(|c: char| !c.is_ascii_digit()).parse::<u64>().ok())
+                .and_then(|v| {
+                    v.trim_matches(|c: char| !c.is_ascii_digit())
+                        .parse::<u64>()
+                        .ok()
+                })
         } else if line.contains("Finished restoring changelog") {
             line.split_once("total number of ")
                 .and_then(|(_, rest)| rest.split_whitespace().next())
@@ -285,7 +289,8 @@ mod tests {
         let millrace = "2025 INFO restored store=\"rows\" partition=0 full=true records=120 elapsed=1s\n\
                         2025 INFO restored store=\"rows\" partition=1 full=true records=30 elapsed=1s";
         assert_eq!(restored(millrace), Some(150));
-        let coloured = "\u{1b}[32m INFO\u{1b}[0m restored \u{1b}[3mrecords\u{1b}[0m\u{1b}[2m=\u{1b}[0m7";
+        let coloured =
+            "\u{1b}[32m INFO\u{1b}[0m restored \u{1b}[3mrecords\u{1b}[0m\u{1b}[2m=\u{1b}[0m7";
         assert_eq!(restored(coloured), Some(7));
         let streams = "[t] INFO ... Finished restoring changelog app-rows-changelog-2 to store rows \
                        with a total number of 26214 records";

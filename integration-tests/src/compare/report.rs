@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 
 use super::drain::Drain;
-use super::latency::Latency;
 use super::engines::{CLOSE_AFTER_MS, COMMIT_MS, Guarantee, System, WINDOW_MS};
+use super::latency::Latency;
 use super::{Options, Results};
 
 const BEGIN: &str = "<!-- compare:begin -->";
@@ -21,8 +21,11 @@ pub fn write(results: &Results, options: &Options) -> anyhow::Result<()> {
             std::fs::create_dir_all(dir)?;
         }
     }
-    std::fs::write(&options.results, serde_json::to_string_pretty(results)? + "\n")
-        .with_context(|| format!("writing {}", options.results.display()))?;
+    std::fs::write(
+        &options.results,
+        serde_json::to_string_pretty(results)? + "\n",
+    )
+    .with_context(|| format!("writing {}", options.results.display()))?;
     std::fs::write(&options.report, markdown(results)?)
         .with_context(|| format!("writing {}", options.report.display()))?;
     if let Some(readme) = &options.readme {
@@ -105,30 +108,40 @@ fn summary_rows(results: &Results) -> Vec<[String; 4]> {
                     l.records_per_second,
                     l.system.label()
                 ),
-                m.zip(lim).map_or("–".into(), |(m, l)| format!("{:.0}%", m / l * 100.0)),
-                k.zip(lim).map_or("–".into(), |(k, l)| format!("{:.0}%", k / l * 100.0)),
+                m.zip(lim)
+                    .map_or("–".into(), |(m, l)| format!("{:.0}%", m / l * 100.0)),
+                k.zip(lim)
+                    .map_or("–".into(), |(k, l)| format!("{:.0}%", k / l * 100.0)),
                 String::new(),
             ]);
         }
-        let (m, k) = pair(&|s| {
-            find(&results.drains, s, g).and_then(|d| d.processing_records_per_second)
-        });
+        let (m, k) =
+            pair(&|s| find(&results.drains, s, g).and_then(|d| d.processing_records_per_second));
         rows.push([
-            format!("— records/s after start-up, {} (higher is better)", g.label()),
+            format!(
+                "— records/s after start-up, {} (higher is better)",
+                g.label()
+            ),
             num(m, 0),
             num(k, 0),
             ratio(m, k),
         ]);
         let (m, k) = pair(&|s| find(&results.drains, s, g).and_then(|d| d.startup_seconds));
         rows.push([
-            format!("— start-up (process start to ready), {}, s (lower is better)", g.label()),
+            format!(
+                "— start-up (process start to ready), {}, s (lower is better)",
+                g.label()
+            ),
             num(m, 1),
             num(k, 1),
             ratio(m, k),
         ]);
         let (m, k) = pair(&|s| find(&results.drains, s, g).map(|d| d.cpu_seconds_per_million));
         rows.push([
-            format!("CPU seconds per million records, {} (lower is better)", g.label()),
+            format!(
+                "CPU seconds per million records, {} (lower is better)",
+                g.label()
+            ),
             num(m, 1),
             num(k, 1),
             ratio(m, k),
@@ -312,7 +325,8 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
             d.guarantee.label(),
             d.seconds,
             d.records_per_second,
-            d.startup_seconds.map_or("–".into(), |s| format!("{s:.1} s")),
+            d.startup_seconds
+                .map_or("–".into(), |s| format!("{s:.1} s")),
             num(d.processing_records_per_second, 0),
             d.cpu_seconds,
             d.cpu_seconds_per_million,
@@ -336,13 +350,19 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
          beat it only by batching differently; the window pipeline also writes less output \
          than its input (one result per device per window) but writes changelog records.\n"
     )?;
-    writeln!(out, "| guarantee | limit (records/s) | Millrace | Kafka Streams |")?;
+    writeln!(
+        out,
+        "| guarantee | limit (records/s) | Millrace | Kafka Streams |"
+    )?;
     writeln!(out, "|---|---|---|---|")?;
     for g in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
         if let Some(l) = limit(r, g) {
             let share = |s| {
                 find(&r.drains, s, g).map_or("–".into(), |d| {
-                    format!("{:.0}%", d.records_per_second / l.records_per_second * 100.0)
+                    format!(
+                        "{:.0}%",
+                        d.records_per_second / l.records_per_second * 100.0
+                    )
                 })
             };
             writeln!(
@@ -527,11 +547,20 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
             for (share, name) in &p.self_top {
                 writeln!(out, "| {share:.1}% | {} |", code(name))?;
             }
-            writeln!(out, "\nWhere in each component (the frames that claimed its samples):\n")?;
+            writeln!(
+                out,
+                "\nWhere in each component (the frames that claimed its samples):\n"
+            )?;
             writeln!(out, "| component | frames |")?;
             writeln!(out, "|---|---|")?;
             for c in &p.breakdown {
-                writeln!(out, "| {} ({:.1}%) | {} |", c.name, c.share, functions(&c.functions))?;
+                writeln!(
+                    out,
+                    "| {} ({:.1}%) | {} |",
+                    c.name,
+                    c.share,
+                    functions(&c.functions)
+                )?;
             }
             writeln!(out, "\nFunctions by inclusive time (the first 40):\n")?;
             writeln!(out, "| inclusive | function |")?;
