@@ -29,7 +29,13 @@ pub fn consumer(config: &PipelineConfig) -> ClientConfig {
         // start position of a new group is chosen per source at assignment.
         .set("auto.offset.reset", "earliest")
         // Feeds the consumer-lag gauge.
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // When a partition's prefetch queue is full librdkafka waits this
+        // long before fetching for it again (default 1 s). A pipeline
+        // drains a full queue in well under a second, then sat idle:
+        // draining a 1M-record backlog took 9.7 s with the default and
+        // 7.0–8.2 s with 10 ms, now bound by CPU instead of waiting.
+        .set("fetch.queue.backoff.ms", "10");
     if config.kafka.static_membership {
         client.set("group.instance.id", config.instance_id());
     }

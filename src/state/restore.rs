@@ -77,6 +77,9 @@ impl Restorer {
                 // A restore reads to the end as fast as it can: waiting
                 // for a fetch to fill up only delays reaching the end.
                 .set("fetch.wait.max.ms", "10")
+                // Nor wait a second to refill a full prefetch queue (see
+                // the pipeline consumer's setting in runtime::clients).
+                .set("fetch.queue.backoff.ms", "10")
                 // Assigned partitions only: the group id is never joined.
                 .set("group.id", "millrace-restore");
             let consumer = config
