@@ -52,6 +52,10 @@ pub fn run(
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // The two settings Millrace changes from librdkafka's defaults for
+        // throughput (see `await_deliveries` below for the other): without
+        // them this loop would measure those defaults, not the broker.
+        .set("fetch.queue.backoff.ms", "10")
         .set(
             "isolation.level",
             if transactional {
@@ -126,6 +130,14 @@ fn commit_now(
     transactional: bool,
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(30);
+    // rdkafka's `flush` (also called by `commit_transaction`) polls in
+    // 100 ms slices that never end early; wait for the deliveries here, in
+    // 1 ms steps, as Millrace does, so that flush finds nothing to wait for.
+    let deadline = Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        anyhow::ensure!(Instant::now() < deadline, "deliveries did not complete");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let mut offsets = TopicPartitionList::new();
     for (partition, next) in pending.drain() {
         offsets.add_partition_offset(input, partition, Offset::Offset(next))?;
