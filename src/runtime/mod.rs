@@ -358,7 +358,7 @@ impl Worker<'_> {
             // records, and on every idle turn. A commit is then at most that
             // many records late on its interval; the record and byte limits
             // are still checked on every record.
-            let timed_chores = idle || turns % CLOCK_EVERY == 0;
+            let timed_chores = idle || turns.is_multiple_of(CLOCK_EVERY);
             if timed_chores {
                 health.turn();
             }
