@@ -312,14 +312,13 @@ mod tests {
             panic!("{first:?}");
         };
         assert_eq!(retry_in, FIRST_BACKOFF);
-        // Within the backoff no request is made: the answer is immediate
-        // and for any id.
-        let started = Instant::now();
+        // Within the backoff no request is made, for any id: a request
+        // would have failed again and counted a second failure.
         assert!(matches!(
             cache.writer_schema(2),
             Err(LookupError::Unavailable { .. })
         ));
-        assert!(started.elapsed() < Duration::from_millis(50));
+        assert_eq!(cache.backoff.failures, 1);
         // Cached ids keep working during the outage.
         cache.insert(5, Arc::new(ParsedSchema::parse(r#""int""#).unwrap()));
         assert!(cache.writer_schema(5).is_ok());
