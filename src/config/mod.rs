@@ -966,6 +966,18 @@ fn write_issue(f: &mut fmt::Formatter<'_>, file: &str, issue: &ConfigIssue) -> f
 }
 
 impl ConfigError {
+    /// `Ok` when nothing was found, else every issue as one error.
+    pub(crate) fn unless_empty(file: &Path, issues: Vec<ConfigIssue>) -> Result<(), ConfigError> {
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError {
+                file: file.to_path_buf(),
+                issues,
+            })
+        }
+    }
+
     pub(crate) fn single(file: &Path, path: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             file: file.to_path_buf(),
@@ -980,19 +992,59 @@ impl ConfigError {
 /// Reads, parses, applies environment overrides and validates a pipeline
 /// file.
 pub fn load(file: &Path) -> Result<PipelineConfig, ConfigError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| ConfigError::single(file, "", format!("cannot read the file: {e}")))?;
+    let text = read_file(file)?;
     let env = |name: &str| std::env::var(name).ok();
     let config = parse(&text, file, &env)?;
-    let issues = validate(&config);
-    if issues.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError {
-            file: file.to_path_buf(),
-            issues,
+    ConfigError::unless_empty(file, validate(&config))?;
+    Ok(config)
+}
+
+/// The text of a configuration file, or an error naming it.
+pub(crate) fn read_file(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::single(file, "", format!("cannot read the file: {e}")))
+}
+
+/// Deserializes a YAML configuration. serde_path_to_error records where in
+/// the document deserialization failed, so the error names the field (e.g.
+/// `sinks.out.format`) and not only the line.
+pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &Path,
+) -> Result<T, ConfigError> {
+    let mut failed_at = String::new();
+    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+        serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+            failed_at = e.path().to_string();
+            e.into_inner()
         })
-    }
+    });
+    parsed.map_err(|e| {
+        let path = if failed_at == "." {
+            String::new()
+        } else {
+            failed_at
+        };
+        ConfigError::single(file, path, e.to_string())
+    })
+}
+
+/// Expands `${NAME}` in one configuration value in place (see
+/// [`expand_env`]); an unset variable is an error at `path`.
+pub(crate) fn expand_in_place(
+    value: &mut String,
+    file: &Path,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    *value = expand_env(value, env).map_err(|missing| {
+        ConfigError::single(
+            file,
+            path,
+            format!("environment variable `{missing}` is not set"),
+        )
+    })?;
+    Ok(())
 }
 
 /// Parses YAML text and applies environment overrides (`env` looks a
@@ -1002,24 +1054,7 @@ pub fn parse(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PipelineConfig, ConfigError> {
-    // serde_path_to_error records where in the document deserialization
-    // failed, so the error names the field (e.g. `sinks.out.format`) and not
-    // only the line.
-    let mut failed_at = String::new();
-    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize::<_, PipelineConfig>(de).map_err(|e| {
-            failed_at = e.path().to_string();
-            e.into_inner()
-        })
-    });
-    let mut config = parsed.map_err(|e| {
-        let path = if failed_at == "." {
-            String::new()
-        } else {
-            failed_at
-        };
-        ConfigError::single(file, path, e.to_string())
-    })?;
+    let mut config: PipelineConfig = from_yaml(text, file)?;
     apply_env(&mut config, file, env)?;
     Ok(config)
 }
@@ -1049,13 +1084,7 @@ fn apply_env(
     ];
     for (section, properties) in sections {
         for (name, value) in properties.iter_mut() {
-            *value = expand_env(value, env).map_err(|missing| {
-                ConfigError::single(
-                    file,
-                    format!("{section}.{name}"),
-                    format!("environment variable `{missing}` is not set"),
-                )
-            })?;
+            expand_in_place(value, file, &format!("{section}.{name}"), env)?;
         }
     }
     Ok(())
@@ -1077,13 +1106,7 @@ fn apply_registry_env(
         ];
         for (path, value) in fields {
             let Some(value) = value else { continue };
-            *value = expand_env(value, env).map_err(|missing| {
-                ConfigError::single(
-                    file,
-                    path,
-                    format!("environment variable `{missing}` is not set"),
-                )
-            })?;
+            expand_in_place(value, file, path, env)?;
         }
     }
     let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());

@@ -15,7 +15,10 @@ use serde::Deserialize;
 
 use super::decode::TopicFormat;
 use super::outbox::Policy;
-use crate::config::{ConfigError, ConfigIssue, ENV_BOOTSTRAP, check_name, check_topic, expand_env};
+use crate::config::{
+    ConfigError, ConfigIssue, ENV_BOOTSTRAP, check_name, check_topic, expand_in_place, from_yaml,
+    read_file,
+};
 
 /// A whole gateway.
 #[derive(Debug, Clone, Deserialize)]
@@ -376,19 +379,11 @@ const MANAGED_PROPERTIES: &[&str] = &[
 /// Reads, parses, applies environment overrides and validates a gateway
 /// file.
 pub fn load(file: &Path) -> Result<GatewayConfig, ConfigError> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| ConfigError::single(file, "", format!("cannot read the file: {e}")))?;
+    let text = read_file(file)?;
     let env = |name: &str| std::env::var(name).ok();
     let config = parse(&text, file, &env)?;
-    let issues = validate(&config);
-    if issues.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigError {
-            file: file.to_path_buf(),
-            issues,
-        })
-    }
+    ConfigError::unless_empty(file, validate(&config))?;
+    Ok(config)
 }
 
 /// Parses YAML text and applies environment overrides.
@@ -397,21 +392,7 @@ pub fn parse(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<GatewayConfig, ConfigError> {
-    let mut failed_at = String::new();
-    let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
-        serde_path_to_error::deserialize::<_, GatewayConfig>(de).map_err(|e| {
-            failed_at = e.path().to_string();
-            e.into_inner()
-        })
-    });
-    let mut config = parsed.map_err(|e| {
-        let path = if failed_at == "." {
-            String::new()
-        } else {
-            failed_at
-        };
-        ConfigError::single(file, path, e.to_string())
-    })?;
+    let mut config: GatewayConfig = from_yaml(text, file)?;
     if let Some(url) = env(crate::config::ENV_REGISTRY_URL).filter(|u| !u.trim().is_empty()) {
         config.registry.get_or_insert_with(Default::default).url = url;
     }
@@ -419,22 +400,10 @@ pub fn parse(
         config.kafka.bootstrap = bootstrap;
     }
     for (name, value) in config.kafka.properties.iter_mut() {
-        *value = expand_env(value, env).map_err(|missing| {
-            ConfigError::single(
-                file,
-                format!("kafka.properties.{name}"),
-                format!("environment variable `{missing}` is not set"),
-            )
-        })?;
+        expand_in_place(value, file, &format!("kafka.properties.{name}"), env)?;
     }
     if let Some(secret) = config.auth.hs256_secret.as_mut() {
-        *secret = expand_env(secret, env).map_err(|missing| {
-            ConfigError::single(
-                file,
-                "auth.hs256_secret",
-                format!("environment variable `{missing}` is not set"),
-            )
-        })?;
+        expand_in_place(secret, file, "auth.hs256_secret", env)?;
     }
     Ok(config)
 }

@@ -118,12 +118,7 @@ impl RegistryConfig {
         let env = |name: &str| std::env::var(name).ok();
         let mut config = match file {
             None => RegistryConfig::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::single(path, "", format!("cannot read the file: {e}"))
-                })?;
-                Self::parse(&text, path, &env)?
-            }
+            Some(path) => Self::parse(&crate::config::read_file(path)?, path, &env)?,
         };
         if let Some(listen) = &overrides.listen {
             config.listen = listen.clone();
@@ -138,15 +133,8 @@ impl RegistryConfig {
         if let Some(topic) = &overrides.topic {
             config.topic = topic.clone();
         }
-        let issues = config.validate();
-        if issues.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError {
-                file: shown.to_path_buf(),
-                issues,
-            })
-        }
+        ConfigError::unless_empty(shown, config.validate())?;
+        Ok(config)
     }
 
     /// Parses YAML text and expands `${NAME}` in properties (`env` looks a
@@ -156,33 +144,13 @@ impl RegistryConfig {
         file: &Path,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<RegistryConfig, ConfigError> {
-        let mut failed_at = String::new();
-        let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
-            serde_path_to_error::deserialize::<_, RegistryConfig>(de).map_err(|e| {
-                failed_at = e.path().to_string();
-                e.into_inner()
-            })
-        });
-        let mut config = parsed.map_err(|e| {
-            let path = if failed_at == "." {
-                String::new()
-            } else {
-                failed_at
-            };
-            ConfigError::single(file, path, e.to_string())
-        })?;
+        let mut config: RegistryConfig = crate::config::from_yaml(text, file)?;
         if let Some(bootstrap) = env(crate::config::ENV_BOOTSTRAP).filter(|b| !b.trim().is_empty())
         {
             config.kafka.bootstrap = bootstrap;
         }
         for (name, value) in config.kafka.properties.iter_mut() {
-            *value = crate::config::expand_env(value, env).map_err(|missing| {
-                ConfigError::single(
-                    file,
-                    format!("kafka.properties.{name}"),
-                    format!("environment variable `{missing}` is not set"),
-                )
-            })?;
+            crate::config::expand_in_place(value, file, &format!("kafka.properties.{name}"), env)?;
         }
         Ok(config)
     }
