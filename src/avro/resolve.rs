@@ -27,14 +27,14 @@
 use std::collections::HashMap;
 
 use apache_avro::schema::{
-    DecimalSchema, EnumSchema, FixedSchema, InnerDecimalSchema, Name, Names, NamespaceRef,
-    RecordSchema, SchemaKind, UnionSchema, UuidSchema,
+    DecimalSchema, EnumSchema, InnerDecimalSchema, Name, Names, NamespaceRef, RecordSchema,
+    SchemaKind, UnionSchema, UuidSchema,
 };
 use apache_avro::types::Value;
 use apache_avro::{Decimal, Schema};
 
 use super::json::{self, FieldError};
-use super::schema::ParsedSchema;
+use super::schema::{ParsedSchema, Underlying};
 
 /// Resolves `value`, decoded with `writer`, to `reader`.
 pub fn resolve(
@@ -321,42 +321,23 @@ enum Kind {
 
 impl Kind {
     fn of(schema: &Schema) -> Kind {
-        let fixed = |f: &FixedSchema| Kind::Named("fixed", f.name.name().to_string(), Some(f.size));
-        match schema {
-            Schema::Null => Kind::Null,
-            Schema::Boolean => Kind::Boolean,
-            Schema::Int | Schema::Date | Schema::TimeMillis => Kind::Int,
-            Schema::Long
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos => Kind::Long,
-            Schema::Float => Kind::Float,
-            Schema::Double => Kind::Double,
-            Schema::Bytes
-            | Schema::BigDecimal
-            | Schema::Uuid(UuidSchema::Bytes)
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Bytes,
-                ..
-            }) => Kind::Bytes,
-            Schema::String | Schema::Uuid(UuidSchema::String) => Kind::String,
-            Schema::Fixed(f)
-            | Schema::Duration(f)
-            | Schema::Uuid(UuidSchema::Fixed(f))
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Fixed(f),
-                ..
-            }) => fixed(f),
-            Schema::Array(_) => Kind::Array,
-            Schema::Map(_) => Kind::Map,
-            Schema::Union(_) => Kind::Union,
-            Schema::Record(r) => Kind::Named("record", r.name.name().to_string(), None),
-            Schema::Enum(e) => Kind::Named("enum", e.name.name().to_string(), None),
-            Schema::Ref { .. } => Kind::Other,
+        let named = |kind, name: &Name, size| Kind::Named(kind, name.name().to_string(), size);
+        match Underlying::of(schema) {
+            Underlying::Null => Kind::Null,
+            Underlying::Boolean => Kind::Boolean,
+            Underlying::Int => Kind::Int,
+            Underlying::Long => Kind::Long,
+            Underlying::Float => Kind::Float,
+            Underlying::Double => Kind::Double,
+            Underlying::Bytes => Kind::Bytes,
+            Underlying::String => Kind::String,
+            Underlying::Array(_) => Kind::Array,
+            Underlying::Map(_) => Kind::Map,
+            Underlying::Union(_) => Kind::Union,
+            Underlying::Fixed(f) => named("fixed", &f.name, Some(f.size)),
+            Underlying::Record(r) => named("record", &r.name, None),
+            Underlying::Enum(e) => named("enum", &e.name, None),
+            Underlying::Ref(_) => Kind::Other,
         }
     }
 

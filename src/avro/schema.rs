@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::fmt;
 
 use apache_avro::Schema;
-use apache_avro::schema::{Name, Names, ResolvedSchema};
+use apache_avro::schema::{
+    DecimalSchema, EnumSchema, FixedSchema, InnerDecimalSchema, Name, Names, RecordSchema,
+    ResolvedSchema, UuidSchema,
+};
 
 /// A schema, its text and its named types.
 pub struct ParsedSchema {
@@ -81,6 +84,93 @@ fn has_references(schema: &Schema) -> bool {
         Schema::Union(u) => u.variants().iter().any(has_references),
         Schema::Record(r) => r.fields.iter().any(|f| has_references(&f.schema)),
         _ => false,
+    }
+}
+
+/// A schema as its binary encoding sees it: logical types count as their
+/// underlying type (`timestamp-millis` is a `long`, `decimal` bytes or a
+/// fixed). Schema resolution (decoding) and the registry's compatibility
+/// check both classify with this, so they cannot disagree on what a
+/// logical type is.
+#[derive(Debug, Clone, Copy)]
+pub enum Underlying<'a> {
+    Null,
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    Array(&'a Schema),
+    Map(&'a Schema),
+    Union(&'a [Schema]),
+    Record(&'a RecordSchema),
+    Enum(&'a EnumSchema),
+    Fixed(&'a FixedSchema),
+    /// A named type referenced by name: the caller looks it up.
+    Ref(&'a Name),
+}
+
+impl Underlying<'_> {
+    /// For messages: `long`, `record com.example.Reading`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            Underlying::Null => "null".into(),
+            Underlying::Boolean => "boolean".into(),
+            Underlying::Int => "int".into(),
+            Underlying::Long => "long".into(),
+            Underlying::Float => "float".into(),
+            Underlying::Double => "double".into(),
+            Underlying::Bytes => "bytes".into(),
+            Underlying::String => "string".into(),
+            Underlying::Array(_) => "array".into(),
+            Underlying::Map(_) => "map".into(),
+            Underlying::Union(_) => "union".into(),
+            Underlying::Record(r) => format!("record {}", r.name.fullname(None)),
+            Underlying::Enum(e) => format!("enum {}", e.name.fullname(None)),
+            Underlying::Fixed(f) => format!("fixed {}", f.name.fullname(None)),
+            Underlying::Ref(name) => format!("reference to {}", name.fullname(None)),
+        }
+    }
+
+    pub fn of(schema: &Schema) -> Underlying<'_> {
+        match schema {
+            Schema::Null => Underlying::Null,
+            Schema::Boolean => Underlying::Boolean,
+            Schema::Int | Schema::Date | Schema::TimeMillis => Underlying::Int,
+            Schema::Long
+            | Schema::TimeMicros
+            | Schema::TimestampMillis
+            | Schema::TimestampMicros
+            | Schema::TimestampNanos
+            | Schema::LocalTimestampMillis
+            | Schema::LocalTimestampMicros
+            | Schema::LocalTimestampNanos => Underlying::Long,
+            Schema::Float => Underlying::Float,
+            Schema::Double => Underlying::Double,
+            Schema::Bytes
+            | Schema::BigDecimal
+            | Schema::Uuid(UuidSchema::Bytes)
+            | Schema::Decimal(DecimalSchema {
+                inner: InnerDecimalSchema::Bytes,
+                ..
+            }) => Underlying::Bytes,
+            Schema::String | Schema::Uuid(UuidSchema::String) => Underlying::String,
+            Schema::Fixed(f)
+            | Schema::Duration(f)
+            | Schema::Uuid(UuidSchema::Fixed(f))
+            | Schema::Decimal(DecimalSchema {
+                inner: InnerDecimalSchema::Fixed(f),
+                ..
+            }) => Underlying::Fixed(f),
+            Schema::Array(a) => Underlying::Array(&a.items),
+            Schema::Map(m) => Underlying::Map(&m.types),
+            Schema::Union(u) => Underlying::Union(u.variants()),
+            Schema::Record(r) => Underlying::Record(r),
+            Schema::Enum(e) => Underlying::Enum(e),
+            Schema::Ref { name } => Underlying::Ref(name),
+        }
     }
 }
 

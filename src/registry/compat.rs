@@ -18,12 +18,11 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use apache_avro::Schema;
-use apache_avro::schema::{
-    EnumSchema, FixedSchema, InnerDecimalSchema, Name, RecordSchema, UuidSchema,
-};
+use apache_avro::schema::{InnerDecimalSchema, Name, RecordSchema, UuidSchema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::schema::ParsedAvro;
+use crate::avro::schema::Underlying;
 
 /// A subject's compatibility level: which earlier versions a new schema is
 /// checked against, and in which direction.
@@ -182,84 +181,23 @@ pub fn can_read(writer: &ParsedAvro, reader: &ParsedAvro) -> Vec<String> {
 }
 
 /// A schema seen through references and logical types: what the binary
-/// encoding, and so resolution, depends on.
-#[derive(Clone, Copy)]
-enum Kind<'a> {
-    Null,
-    Boolean,
-    Int,
-    Long,
-    Float,
-    Double,
-    Bytes,
-    String,
-    Array(&'a Schema),
-    Map(&'a Schema),
-    Union(&'a [Schema]),
-    Record(&'a RecordSchema),
-    Enum(&'a EnumSchema),
-    Fixed(&'a FixedSchema),
-}
-
-impl Kind<'_> {
-    fn describe(&self) -> String {
-        match self {
-            Kind::Null => "null".into(),
-            Kind::Boolean => "boolean".into(),
-            Kind::Int => "int".into(),
-            Kind::Long => "long".into(),
-            Kind::Float => "float".into(),
-            Kind::Double => "double".into(),
-            Kind::Bytes => "bytes".into(),
-            Kind::String => "string".into(),
-            Kind::Array(_) => "array".into(),
-            Kind::Map(_) => "map".into(),
-            Kind::Union(_) => "union".into(),
-            Kind::Record(r) => format!("record {}", r.name.fullname(None)),
-            Kind::Enum(e) => format!("enum {}", e.name.fullname(None)),
-            Kind::Fixed(f) => format!("fixed {}", f.name.fullname(None)),
-        }
-    }
-}
+/// encoding, and so resolution, depends on. References are looked up by
+/// [`kind`], so a `Kind` is never [`Kind::Ref`].
+type Kind<'a> = Underlying<'a>;
 
 fn kind<'a>(schema: &'a Schema, names: &'a ParsedAvro) -> Result<Kind<'a>, String> {
-    Ok(match schema {
-        Schema::Null => Kind::Null,
-        Schema::Boolean => Kind::Boolean,
-        Schema::Int | Schema::Date | Schema::TimeMillis => Kind::Int,
-        Schema::Long
-        | Schema::TimeMicros
-        | Schema::TimestampMillis
-        | Schema::TimestampMicros
-        | Schema::TimestampNanos
-        | Schema::LocalTimestampMillis
-        | Schema::LocalTimestampMicros
-        | Schema::LocalTimestampNanos => Kind::Long,
-        Schema::Float => Kind::Float,
-        Schema::Double => Kind::Double,
-        Schema::Bytes | Schema::BigDecimal | Schema::Uuid(UuidSchema::Bytes) => Kind::Bytes,
-        Schema::String | Schema::Uuid(UuidSchema::String) => Kind::String,
-        Schema::Decimal(d) => match &d.inner {
-            InnerDecimalSchema::Bytes => Kind::Bytes,
-            InnerDecimalSchema::Fixed(f) => Kind::Fixed(f),
-        },
-        Schema::Uuid(UuidSchema::Fixed(f)) | Schema::Duration(f) => Kind::Fixed(f),
-        Schema::Fixed(f) => Kind::Fixed(f),
-        Schema::Array(a) => Kind::Array(&a.items),
-        Schema::Map(m) => Kind::Map(&m.types),
-        Schema::Union(u) => Kind::Union(u.variants()),
-        Schema::Record(r) => Kind::Record(r),
-        Schema::Enum(e) => Kind::Enum(e),
-        Schema::Ref { name } => {
+    match Underlying::of(schema) {
+        Underlying::Ref(name) => {
             let target = names
                 .lookup(name)
                 .ok_or_else(|| format!("unknown type {}", name.fullname(None)))?;
             if matches!(target, Schema::Ref { .. }) {
                 return Err(format!("type {} is only a reference", name.fullname(None)));
             }
-            kind(target, names)?
+            kind(target, names)
         }
-    })
+        other => Ok(other),
+    }
 }
 
 struct Checker<'a> {
