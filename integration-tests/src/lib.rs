@@ -548,3 +548,44 @@ pub fn progress(line: &str) {
     let mut err = std::io::stderr();
     let _ = writeln!(err, "[millrace-it] {line}");
 }
+
+/// What the browser tests drive: headless Chromium (`$CHROMIUM`, else
+/// Debian's) and `integration-tests/browser` with its npm packages.
+pub struct BrowserTooling {
+    pub chromium: String,
+    /// `integration-tests/browser`, its `node_modules` installed.
+    pub dir: PathBuf,
+}
+
+/// The browser tooling, installing the npm packages on first use; `None`
+/// (the test skips, saying so) when Chromium or Node is missing, which CI
+/// does not allow.
+pub fn browser_tooling(test: &str) -> anyhow::Result<Option<BrowserTooling>> {
+    let chromium = std::env::var("CHROMIUM").ok().or_else(|| {
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .iter()
+            .find(|p| Path::new(p).exists())
+            .map(|p| p.to_string())
+    });
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let (Some(chromium), true) = (chromium, node) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the {test} test: install `chromium` and `node`"
+        );
+        progress(&format!("{test} test skipped: chromium or node is missing"));
+        return Ok(None);
+    };
+    let dir = repo_root().join("integration-tests/browser");
+    if !dir.join("node_modules/playwright-core").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .status()?;
+        anyhow::ensure!(status.success(), "npm ci in {} failed", dir.display());
+    }
+    Ok(Some(BrowserTooling { chromium, dir }))
+}

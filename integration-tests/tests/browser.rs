@@ -6,52 +6,22 @@
 //! Skipped only when Chromium or Node is missing and `CI` is not set.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use millrace_integration_tests::gateway::{TxWriter, gateway_yaml_http, token_for};
 use millrace_integration_tests::{
-    Millrace, create_topics, free_port, progress, read_committed, repo_root, unique,
+    BrowserTooling, Millrace, browser_tooling, create_topics, free_port, progress, read_committed,
+    unique,
 };
 use rdkafka::Message;
 use serde_json::{Value, json};
 
-fn chromium() -> Option<String> {
-    if let Ok(path) = std::env::var("CHROMIUM") {
-        return Some(path);
-    }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .map(|p| p.to_string())
-}
-
-fn node_present() -> bool {
-    Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 #[test]
 fn chromium_receives_records_over_event_source_and_websocket() -> anyhow::Result<()> {
-    let (Some(chromium), true) = (chromium(), node_present()) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the browser test: install `chromium` and `node`"
-        );
-        progress("browser test skipped: chromium or node is missing");
+    let Some(BrowserTooling { chromium, dir }) = browser_tooling("browser")? else {
         return Ok(());
     };
-    let dir = repo_root().join("integration-tests/browser");
-    if !dir.join("node_modules/playwright-core").exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
-            .status()?;
-        anyhow::ensure!(status.success(), "npm ci in {} failed", dir.display());
-    }
 
     let rt = tokio::runtime::Runtime::new()?;
     let topic = unique("gw-browser");

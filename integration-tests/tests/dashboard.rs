@@ -24,7 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use millrace::telemetry::ecg::{EcgSynth, HrSchedule, NoiseConfig};
 use millrace::telemetry::waveform::{self, Batch};
 use millrace_integration_tests::{
-    Millrace, bench, create_topics, group_caught_up, progress, read_committed, repo_root, unique,
+    BrowserTooling, Millrace, bench, browser_tooling, create_topics, group_caught_up, progress,
+    read_committed, repo_root, unique,
 };
 use rdkafka::Message;
 use rdkafka::producer::{BaseRecord, Producer};
@@ -42,23 +43,6 @@ const ANOMALY: &str = "bed-03";
 const RATE: f64 = 250.0;
 /// Samples per batch: a record every 200 ms.
 const BATCH: usize = 50;
-
-fn chromium() -> Option<String> {
-    if let Ok(path) = std::env::var("CHROMIUM") {
-        return Some(path);
-    }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .map(|p| p.to_string())
-}
-
-fn node_present() -> bool {
-    Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -140,26 +124,13 @@ fn next_line(
 
 #[test]
 fn dashboard_draws_waveforms_shows_heart_rates_and_raises_alerts() -> anyhow::Result<()> {
-    let (Some(chromium), true) = (chromium(), node_present()) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the dashboard test: install `chromium` and `node`"
-        );
-        progress("dashboard test skipped: chromium or node is missing");
+    let Some(BrowserTooling {
+        chromium,
+        dir: browser_dir,
+    }) = browser_tooling("dashboard")?
+    else {
         return Ok(());
     };
-    let browser_dir = repo_root().join("integration-tests/browser");
-    if !browser_dir.join("node_modules/playwright-core").exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&browser_dir)
-            .status()?;
-        anyhow::ensure!(
-            status.success(),
-            "npm ci in {} failed",
-            browser_dir.display()
-        );
-    }
 
     let name = unique("dash");
     let (waves, hr, alerts, dead) = (
