@@ -119,6 +119,12 @@ fn restore(
 ) -> Result<Restored, StateError> {
     let started = Instant::now();
     let stored = db.changelog_offset(store)?;
+    // Applies restored records together with the changelog position they
+    // bring the store to, in one atomic write.
+    let flush = |batch: &mut BTreeMap<Vec<u8>, Change>, next: i64| {
+        let changes = BTreeMap::from([(store.to_string(), std::mem::take(batch))]);
+        db.apply(&changes, &BTreeMap::from([(store.to_string(), next)]))
+    };
     // Nothing to read when the local copy already ends where the changelog
     // ends (a clean restart), or when the changelog is empty (a new
     // pipeline): answered by one metadata round trip instead of a fetch
@@ -131,7 +137,10 @@ fn restore(
         None => low == high,
     };
     if up_to_date {
-        flush_done(db, store, stored.unwrap_or(high))?;
+        if stored.is_none() {
+            // An empty store is a local copy too: record where it ends.
+            flush(&mut BTreeMap::new(), high)?;
+        }
         return Ok(finish(stored.is_none(), 0, started, store, partition));
     }
     let start = stored.map_or(Offset::Beginning, Offset::Offset);
@@ -145,10 +154,6 @@ fn restore(
     let mut batch: BTreeMap<Vec<u8>, Change> = BTreeMap::new();
     let mut records = 0u64;
     let mut last_read = Instant::now();
-    let flush = |batch: &mut BTreeMap<Vec<u8>, Change>, next: i64| {
-        let changes = BTreeMap::from([(store.to_string(), std::mem::take(batch))]);
-        db.apply(&changes, &BTreeMap::from([(store.to_string(), next)]))
-    };
     loop {
         match consumer.poll(Duration::from_millis(200)) {
             None => {
@@ -181,25 +186,10 @@ fn restore(
         .filter(|o| *o >= 0);
     // Nothing read from the beginning: the partition holds no committed
     // record, so its start is a safe (and exact) place to resume from.
-    let next = match position.or(stored) {
-        Some(next) => next,
-        None => {
-            consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(30))
-                .map_err(|e| kafka("changelog watermarks", e))?
-                .0
-        }
-    };
+    // (Its low watermark was fetched above.)
+    let next = position.or(stored).unwrap_or(low);
     flush(&mut batch, next)?;
     Ok(finish(stored.is_none(), records, started, store, partition))
-}
-
-/// Records where a store's changelog ends, with nothing to apply.
-fn flush_done(db: &TaskDb, store: &str, next: i64) -> Result<(), StateError> {
-    db.apply(
-        &BTreeMap::from([(store.to_string(), BTreeMap::new())]),
-        &BTreeMap::from([(store.to_string(), next)]),
-    )
 }
 
 fn finish(full: bool, records: u64, started: Instant, store: &str, partition: i32) -> Restored {
