@@ -12,7 +12,9 @@
 use std::collections::HashMap;
 
 use apache_avro::Schema;
-use apache_avro::schema::{DecimalSchema, InnerDecimalSchema, Name, NamespaceRef, UuidSchema};
+use apache_avro::schema::{Name, NamespaceRef};
+
+use super::schema::Underlying;
 
 /// Deepest nesting allowed: records, unions, arrays and maps count a level
 /// each, so a linked list of `{"value", "next": ["null", List]}` may be 16
@@ -61,60 +63,36 @@ impl Scan<'_> {
         if depth > MAX_DEPTH {
             return Err(Stop::TooDeep);
         }
-        match schema {
-            Schema::Ref { name } => {
+        // By underlying type: a logical type is encoded as the type it is
+        // written in (see [`Underlying`]).
+        match Underlying::of(schema) {
+            Underlying::Ref(name) => {
                 let full = name.fully_qualified_name(namespace);
                 let (key, named) = self.names.get_key_value(&*full).ok_or(Stop::GiveUp)?;
                 // The named type's level is counted when it is entered.
                 self.value(named, key.namespace(), depth)
             }
-            Schema::Null => Ok(()),
-            Schema::Boolean => self.skip(1),
-            Schema::Int
-            | Schema::Long
-            | Schema::Enum(_)
-            | Schema::Date
-            | Schema::TimeMillis
-            | Schema::TimeMicros
-            | Schema::TimestampMillis
-            | Schema::TimestampMicros
-            | Schema::TimestampNanos
-            | Schema::LocalTimestampMillis
-            | Schema::LocalTimestampMicros
-            | Schema::LocalTimestampNanos => self.varint().map(drop),
-            Schema::Float => self.skip(4),
-            Schema::Double => self.skip(8),
-            Schema::Bytes
-            | Schema::String
-            | Schema::BigDecimal
-            | Schema::Uuid(UuidSchema::Bytes | UuidSchema::String)
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Bytes,
-                ..
-            }) => self.length_prefixed(),
-            Schema::Fixed(f)
-            | Schema::Duration(f)
-            | Schema::Uuid(UuidSchema::Fixed(f))
-            | Schema::Decimal(DecimalSchema {
-                inner: InnerDecimalSchema::Fixed(f),
-                ..
-            }) => self.skip(f.size),
-            Schema::Union(union) => {
+            Underlying::Null => Ok(()),
+            Underlying::Boolean => self.skip(1),
+            Underlying::Int | Underlying::Long | Underlying::Enum(_) => self.varint().map(drop),
+            Underlying::Float => self.skip(4),
+            Underlying::Double => self.skip(8),
+            Underlying::Bytes | Underlying::String => self.length_prefixed(),
+            Underlying::Fixed(f) => self.skip(f.size),
+            Underlying::Union(variants) => {
                 let index = self.varint()?;
                 let branch = usize::try_from(index)
                     .ok()
-                    .and_then(|i| union.variants().get(i))
+                    .and_then(|i| variants.get(i))
                     .ok_or(Stop::GiveUp)?;
                 self.value(branch, namespace, depth + 1)
             }
-            Schema::Array(array) => {
-                self.blocks(|scan| scan.value(&array.items, namespace, depth + 1))
-            }
-            Schema::Map(map) => self.blocks(|scan| {
+            Underlying::Array(items) => self.blocks(|scan| scan.value(items, namespace, depth + 1)),
+            Underlying::Map(values) => self.blocks(|scan| {
                 scan.length_prefixed()?;
-                scan.value(&map.types, namespace, depth + 1)
+                scan.value(values, namespace, depth + 1)
             }),
-            Schema::Record(record) => {
+            Underlying::Record(record) => {
                 let inner = record.name.namespace().or(namespace);
                 for field in &record.fields {
                     self.value(&field.schema, inner, depth + 1)?;
