@@ -94,7 +94,9 @@ enum Command {
 enum TopicsCommand {
     /// Create the topics a pipeline reads and writes (sources, sinks and the
     /// dead-letter topic), with `topics.partitions` and
-    /// `topics.replication_factor`. Existing topics are left as they are.
+    /// `topics.replication_factor`, and the changelogs of its stateful steps
+    /// (compacted, as many partitions as the sources). Existing topics are
+    /// left as they are.
     Create {
         /// The pipeline file (YAML).
         #[arg(long, short)]

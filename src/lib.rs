@@ -34,3 +34,4 @@ pub mod runtime;
 pub mod state;
 pub mod steps;
 pub mod telemetry;
+pub mod topic_id;

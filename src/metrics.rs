@@ -39,6 +39,12 @@ pub struct Metrics {
     pub state_restore_seconds: Histogram,
     /// Bytes of state writes buffered in the open transaction.
     pub state_pending_bytes: IntGauge,
+    /// Local task states deleted (and restored whole) because they no
+    /// longer matched their changelog.
+    pub state_wipes: IntCounter,
+    /// Task directories deleted because this instance had not owned them
+    /// for `state.cleanup_delay`.
+    pub state_dirs_cleaned: IntCounter,
     /// Records held back (their partition paused, to be read again) because
     /// the schema registry could not be reached for their writer schema.
     pub registry_waits: IntCounter,
@@ -132,6 +138,15 @@ impl Metrics {
             "millrace_state_pending_bytes",
             "Bytes of state writes buffered in the open transaction",
         ));
+        let state_wipes = must(IntCounter::new(
+            "millrace_state_wipes_total",
+            "Local task states deleted and restored whole because they no longer matched \
+             their changelog",
+        ));
+        let state_dirs_cleaned = must(IntCounter::new(
+            "millrace_state_dirs_cleaned_total",
+            "Task directories deleted after state.cleanup_delay without ownership",
+        ));
         let registry_waits = must(IntCounter::new(
             "millrace_registry_unavailable_total",
             "Records held back because the schema registry could not be reached",
@@ -149,6 +164,8 @@ impl Metrics {
             Box::new(state_restored_records.clone()),
             Box::new(state_restore_seconds.clone()),
             Box::new(state_pending_bytes.clone()),
+            Box::new(state_wipes.clone()),
+            Box::new(state_dirs_cleaned.clone()),
             Box::new(registry_waits.clone()),
         ] {
             must(registry.register(collector));
@@ -167,6 +184,8 @@ impl Metrics {
             state_restored_records,
             state_restore_seconds,
             state_pending_bytes,
+            state_wipes,
+            state_dirs_cleaned,
             registry_waits,
         }
     }

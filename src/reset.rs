@@ -2,6 +2,20 @@
 //! chosen point and rebuilds its state consistently: the group's offsets
 //! move, the changelog topics and the local state are deleted. Dry run by
 //! default; refuses while the group has live members.
+//!
+//! The steps are ordered so that stopping after any of them (a crash, a
+//! broker error) leaves something the next `millrace run` either handles
+//! correctly or refuses with a clear message, and running the same reset
+//! again finishes the job:
+//! 1. delete this machine's local state (alone, harmless: the next run
+//!    restores it from the changelogs, which still match the offsets);
+//! 2. delete the changelog topics and wait until the broker no longer
+//!    lists them (from here on `run` refuses: the group has offsets but
+//!    its changelogs are missing);
+//! 3. commit the new offsets;
+//! 4. create the changelogs again, empty. Their new topic ids make every
+//!    other instance's local copy of the old state stale, so it is wiped
+//!    at its next restore (see `state::restore`).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -15,7 +29,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::{PipelineConfig, StartPosition};
 use crate::pipeline::Pipeline;
 use crate::runtime::admin_client_config;
-use crate::state::manager::changelog_topic;
 use crate::state::rocks::TaskDb;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -161,40 +174,102 @@ pub async fn reset(
             show(e.offset())
         )?;
     }
-    let changelogs: Vec<String> = pipeline
-        .stores()
-        .iter()
-        .map(|s| changelog_topic(&config.pipeline, s))
-        .collect();
-    let state_dir = config.state.dir.join(&config.pipeline);
-    for topic in &changelogs {
-        writeln!(report, "  delete changelog topic {topic}")?;
-    }
+    let changelogs = crate::admin::changelog_topics(config, pipeline);
+    let state_dir = config.state.dir.join(&group);
     if state_dir.exists() {
         writeln!(report, "  delete local state {}", state_dir.display())?;
+    }
+    for topic in &changelogs {
+        writeln!(
+            report,
+            "  delete and recreate changelog topic {topic} (empty)"
+        )?;
     }
     if !execute {
         return Ok(report);
     }
+    let again = "run the same reset again to finish";
 
+    failpoint("reset:start")?;
+    TaskDb::destroy(&state_dir).with_context(|| format!("deleting local state; {again}"))?;
+    failpoint("reset:local-state")?;
+    if !changelogs.is_empty() {
+        delete_topics(config, &changelogs)
+            .await
+            .with_context(|| format!("deleting changelog topics; {again}"))?;
+    }
+    failpoint("reset:changelogs-deleted")?;
     consumer
         .commit(&target, CommitMode::Sync)
-        .context("committing the new offsets")?;
+        .with_context(|| format!("committing the new offsets; {again}"))?;
+    failpoint("reset:offsets")?;
     if !changelogs.is_empty() {
-        let admin: AdminClient<DefaultClientContext> = admin_client_config(config).create()?;
-        let names: Vec<&str> = changelogs.iter().map(String::as_str).collect();
-        let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
-        for result in admin.delete_topics(&names, &options).await? {
-            match result {
-                Ok(_) => {}
-                Err((_, rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
-                Err((name, code)) => bail!("deleting {name}: {code}"),
-            }
-        }
+        let partitions = source_partitions(&consumer, &config.sources[0].topic)?;
+        let names: Vec<&String> = changelogs.iter().collect();
+        crate::admin::create_changelog_topics(config, &names, partitions)
+            .await
+            .with_context(|| format!("creating the changelog topics again; {again}"))?;
     }
-    TaskDb::destroy(&state_dir)?;
     writeln!(report, "done")?;
     Ok(report)
+}
+
+/// Deletes topics and waits until the broker's metadata no longer lists
+/// them: deletion is asynchronous, and a topic created again under the
+/// same name before it is gone would be refused, or be the old one.
+async fn delete_topics(config: &PipelineConfig, topics: &[String]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = admin_client_config(config).create()?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let options = AdminOptions::new().operation_timeout(Some(TIMEOUT));
+    for result in admin.delete_topics(&names, &options).await? {
+        match result {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((name, code)) => bail!("deleting {name}: {code}"),
+        }
+    }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, TIMEOUT)
+            .context("reading metadata")?;
+        let left: Vec<&str> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && names.contains(&t.name()))
+            .map(|t| t.name())
+            .collect();
+        if left.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "still listed {TIMEOUT:?} after deletion: {}",
+                left.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn source_partitions(consumer: &BaseConsumer, topic: &str) -> anyhow::Result<i32> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .with_context(|| format!("reading metadata of {topic}"))?;
+    Ok(metadata
+        .topics()
+        .first()
+        .map_or(0, |t| t.partitions().len() as i32))
+}
+
+/// Stops here when `MILLRACE_FAILPOINT` names this point: how the tests
+/// interrupt a reset between two of its steps, as a crash would.
+fn failpoint(name: &str) -> anyhow::Result<()> {
+    if std::env::var("MILLRACE_FAILPOINT").is_ok_and(|v| v == name) {
+        bail!("stopped at failpoint {name} (MILLRACE_FAILPOINT)");
+    }
+    Ok(())
 }
 
 fn show(offset: Offset) -> String {

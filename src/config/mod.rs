@@ -104,9 +104,17 @@ pub struct RegistryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// Directory of the local stores; a pipeline's tasks live in
-    /// `<dir>/<pipeline>/task-<partition>`. Default
+    /// `<dir>/<group_id>/task-<partition>`. Default
     /// `$XDG_STATE_HOME/millrace` (`~/.local/state/millrace`).
     pub dir: PathBuf,
+    /// How long the local state of a task this instance no longer owns is
+    /// kept (in case the task comes back, which saves a full restore)
+    /// before it is deleted. Deleting it matters for correctness too: a
+    /// copy kept for days could hold rows whose deletes were compacted out
+    /// of the changelog meanwhile. Default 10 minutes (Kafka Streams'
+    /// `state.cleanup.delay.ms`).
+    #[serde(with = "humantime_serde")]
+    pub cleanup_delay: Duration,
     /// RocksDB block cache shared by every store of the process, in bytes.
     /// Default 64 MiB.
     pub block_cache_bytes: usize,
@@ -123,6 +131,7 @@ impl Default for StateConfig {
             .unwrap_or_else(|| PathBuf::from("."));
         StateConfig {
             dir: base.join("millrace"),
+            cleanup_delay: Duration::from_secs(600),
             block_cache_bytes: 64 << 20,
             write_buffer_bytes: 64 << 20,
         }
@@ -136,7 +145,10 @@ pub struct KafkaConfig {
     /// `bootstrap.servers`. Default `127.0.0.1:9092`; `MILLRACE_BOOTSTRAP`
     /// overrides it.
     pub bootstrap: String,
-    /// Consumer group id. Default `millrace-<pipeline>`.
+    /// Consumer group id. Default `millrace-<pipeline>`. State belongs to
+    /// the group: it names the changelog topics
+    /// (`<group_id>-<store>-changelog`) and the state directory, so a new
+    /// group id starts with empty state (and reprocesses from `start`).
     pub group_id: Option<String>,
     /// Stable identity of this instance, used for the transactional id
     /// (`millrace-<pipeline>-<instance_id>`) so that a restarted instance

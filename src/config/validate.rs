@@ -20,6 +20,9 @@ const MANAGED_PROPERTIES: &[&str] = &[
     "isolation.level",
     "enable.idempotence",
     "auto.offset.reset",
+    // Tasks rely on eager range assignment (see runtime::clients).
+    "partition.assignment.strategy",
+    "group.protocol",
 ];
 
 /// Returns every problem found; empty means the file is good.
@@ -43,6 +46,13 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
     }
     if let Some(Err(e)) = config.kafka.instance_id.as_deref().map(check_name) {
         issue("kafka.instance_id", e);
+    }
+    // The group names the changelog topics and the state directory.
+    if let Some(Err(e)) = config.kafka.group_id.as_deref().map(check_name) {
+        issue(
+            "kafka.group_id",
+            format!("{e} (the group id names the changelog topics and the state directory)"),
+        );
     }
     let property_sections = [
         ("kafka.properties", &config.kafka.properties),

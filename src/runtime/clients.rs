@@ -28,6 +28,15 @@ pub fn consumer(config: &PipelineConfig) -> ClientConfig {
         // Used only when a committed offset has fallen out of retention; the
         // start position of a new group is chosen per source at assignment.
         .set("auto.offset.reset", "earliest")
+        // Eager `range` assignment in the classic group protocol, fixed:
+        // range gives partition n of every co-partitioned source to one
+        // member (a task's stream and table partitions stay together), and
+        // an eager rebalance revokes, and so commits, everything before
+        // anything is assigned. The cooperative and KIP-848 protocols keep
+        // partitions across rebalances with different guarantees; they
+        // are refused by the config validator rather than half supported.
+        .set("group.protocol", "classic")
+        .set("partition.assignment.strategy", "range")
         // Feeds the consumer-lag gauge.
         .set("statistics.interval.ms", "5000")
         // When a partition's prefetch queue is full librdkafka waits this

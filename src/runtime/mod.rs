@@ -40,7 +40,7 @@ use crate::config::{Guarantee, PipelineConfig};
 use crate::metrics::Metrics;
 use crate::ops::Health;
 use crate::pipeline::{Failure, FailureReason, Output, Pipeline, ProcessError};
-use crate::state::manager::{StateManager, changelog_topic};
+use crate::state::manager::StateManager;
 use crate::state::rocks::StateEnv;
 use crate::state::{NoStores, TaskStores};
 use crate::steps::Origin;
@@ -187,11 +187,7 @@ fn prepare_topics(config: &PipelineConfig, pipeline: &Pipeline) -> anyhow::Resul
             shown.join(", ")
         );
     }
-    let changelogs: Vec<String> = pipeline
-        .stores()
-        .iter()
-        .map(|store| changelog_topic(&config.pipeline, store))
-        .collect();
+    let changelogs = crate::admin::changelog_topics(config, pipeline);
     for topic in &changelogs {
         if let Some(n) = existing.get(topic.as_str())
             && *n != partitions
@@ -204,10 +200,61 @@ fn prepare_topics(config: &PipelineConfig, pipeline: &Pipeline) -> anyhow::Resul
         .filter(|t| !existing.contains_key(t.as_str()))
         .collect();
     if !to_create.is_empty() {
+        refuse_if_state_was_lost(config, &admin, &to_create)?;
         crate::admin::create_changelogs(config, &to_create, partitions)?;
         info!(topics = ?to_create, "created changelog topics");
     }
     Ok(partitions)
+}
+
+/// A missing changelog is normal for a new group, whose state starts
+/// empty. For a group that has committed offsets it means the state those
+/// offsets rely on is gone (the topic was deleted, or `millrace reset` was
+/// interrupted): creating an empty changelog would silently continue with
+/// empty state from the middle of the input. Refuse, and say what to do.
+fn refuse_if_state_was_lost(
+    config: &PipelineConfig,
+    admin: &BaseConsumer,
+    missing: &[&String],
+) -> anyhow::Result<()> {
+    let group = config.group_id();
+    let lookup: BaseConsumer = clients::admin(config)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .context("creating the offset lookup client")?;
+    let mut sources = TopicPartitionList::new();
+    for source in &config.sources {
+        let metadata = admin
+            .fetch_metadata(Some(&source.topic), Timeout::After(Duration::from_secs(30)))
+            .with_context(|| format!("reading metadata of {}", source.topic))?;
+        for topic in metadata.topics() {
+            for p in topic.partitions() {
+                sources.add_partition(&source.topic, p.id());
+            }
+        }
+    }
+    let committed = lookup
+        .committed_offsets(sources, Duration::from_secs(30))
+        .with_context(|| format!("reading the committed offsets of group {group}"))?;
+    let has_offsets = committed
+        .elements()
+        .iter()
+        .any(|e| matches!(e.offset(), Offset::Offset(_)));
+    if has_offsets {
+        let names: Vec<&str> = missing.iter().map(|t| t.as_str()).collect();
+        bail!(
+            "group {group} has committed offsets but its changelog topic(s) {} do not exist: \
+             the state those offsets rely on is gone (deleted topic, or an interrupted \
+             `millrace reset`). Run `millrace reset --config <file> --to <position> --execute` \
+             to reprocess with consistent state. If a stateful step was just added and should \
+             start empty from the committed offsets, create the changelog(s) first with \
+             `millrace topics create --config <file>`",
+            names.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// One incarnation of the clients: build, subscribe, process until stopped
@@ -237,10 +284,11 @@ fn run_once(
         StateManager::new(
             state_env.clone(),
             &config.state.dir,
-            &config.pipeline,
+            &config.group_id(),
             stores,
             clients::admin(config),
             metrics.clone(),
+            config.state.cleanup_delay,
         )
     });
     let transactional = config.commit.guarantee == Guarantee::ExactlyOnce;
@@ -267,8 +315,10 @@ fn run_once(
         TABLE_WAIT,
     )));
     let assignments = Arc::new(AtomicU64::new(0));
+    let resumed_at = Arc::new(Mutex::new(std::collections::HashMap::new()));
     let context = EosContext {
         assignments: assignments.clone(),
+        resumed_at: resumed_at.clone(),
         tables: tables.clone(),
         txn: txn.clone(),
         starts: config
@@ -303,6 +353,7 @@ fn run_once(
         resume_at: None,
         last_tick: Instant::now(),
         assignments: assignments.clone(),
+        resumed_at,
     };
     let result = worker.process_until_stopped(&consumer, health, stop);
     health.set_not_ready(if result.is_ok() {
@@ -337,6 +388,8 @@ struct Worker<'a> {
     resume_at: Option<Instant>,
     last_tick: Instant,
     assignments: Arc<AtomicU64>,
+    /// See `rebalance::fencing_offsets`.
+    resumed_at: Arc<Mutex<std::collections::HashMap<(String, i32), i64>>>,
 }
 
 impl Worker<'_> {
@@ -425,6 +478,13 @@ impl Worker<'_> {
             let due = self.with_txn(|t| {
                 if timed_chores {
                     t.poll();
+                    // Not before the first assignment: until then every
+                    // task directory looks unowned.
+                    if seen_assignments > 0
+                        && let Some(state) = t.state_mut()
+                    {
+                        state.clean_up();
+                    }
                 }
                 Ok(t.is_due(
                     timed_chores.then_some(commit.interval),
@@ -455,7 +515,11 @@ impl Worker<'_> {
             .ok_or_else(|| anyhow::anyhow!("consumer has no group metadata"))?;
         let commit_offsets =
             |tpl: &rdkafka::TopicPartitionList| consumer.commit(tpl, CommitMode::Sync);
-        self.with_txn(|t| t.commit(&group, &commit_offsets))
+        let fencing = rebalance::fencing_offsets(consumer, &self.resumed_at);
+        self.with_txn(|t| {
+            t.include_positions(&fencing);
+            t.commit(&group, &commit_offsets)
+        })
     }
 
     /// Runs the steps' timers for every task this instance owns. What they

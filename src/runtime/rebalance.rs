@@ -1,9 +1,19 @@
 //! The consumer's callbacks: what happens when partitions come and go.
 //!
 //! On revocation the open transaction commits *before* the partitions are
-//! released, so the next owner starts exactly where this instance stopped.
+//! released, so the next owner starts exactly where this instance stopped —
+//! unless the assignment was *lost* (this member was expelled, say after a
+//! pause longer than `session.timeout.ms`): another member may already own
+//! the partitions and have processed the same records, so the transaction
+//! is aborted, never committed.
 //! On assignment, partitions the group has never committed start where
 //! their source's `start` says (earliest, latest or a point in time).
+//!
+//! The group's assignment strategy is fixed to eager `range` (see
+//! `runtime::clients`): it gives partition *n* of every co-partitioned
+//! source to the same member, which joins and tables rely on, and it
+//! revokes everything (committing first) before anything is assigned, so
+//! no transaction is open while a new task restores.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +46,10 @@ pub struct EosContext {
     /// Counts assignments, so the loop knows when new partitions (maybe
     /// with a backlog) arrived.
     pub assignments: Arc<AtomicU64>,
+    /// The group's committed offset of each assigned partition, as read at
+    /// assignment: what a transaction re-commits for a partition it has
+    /// consumed nothing from (see [`fencing_offsets`]).
+    pub resumed_at: Arc<Mutex<HashMap<(String, i32), i64>>>,
 }
 
 /// Locks the table gate, surviving a poisoned lock.
@@ -79,19 +93,35 @@ impl EosContext {
         }
     }
 
-    /// Commits the open transaction before partitions are given up.
+    /// Commits the open transaction before partitions are given up; aborts
+    /// it when the assignment was lost.
     fn commit_before_revoke(&self, consumer: &BaseConsumer<Self>) {
+        if consumer.assignment_lost() {
+            // After the loss librdkafka's group metadata carries generation
+            // -1, which brokers accept *without* the KIP-447 generation
+            // check (old clients send it): committing now would let a
+            // zombie's outputs and offsets through.
+            warn!(
+                "assignment lost (this member was expelled from the group); aborting the open transaction"
+            );
+            if let Some(txn) = lock(&self.txn).as_mut() {
+                txn.abort();
+            }
+            return;
+        }
         let Some(group) = consumer.group_metadata() else {
             self.fail("no group metadata at revocation".into());
             return;
         };
         let commit_offsets =
             |tpl: &TopicPartitionList| consumer.commit(tpl, rdkafka::consumer::CommitMode::Sync);
+        let fencing = fencing_offsets(consumer, &self.resumed_at);
         let mut slot = lock(&self.txn);
-        if let Some(txn) = slot.as_mut()
-            && let Err(e) = txn.commit(&group, &commit_offsets)
-        {
-            txn.set_failure(format!("commit at revocation: {e}"));
+        if let Some(txn) = slot.as_mut() {
+            txn.include_positions(&fencing);
+            if let Err(e) = txn.commit(&group, &commit_offsets) {
+                txn.set_failure(format!("commit at revocation: {e}"));
+            }
         }
     }
 
@@ -132,10 +162,14 @@ impl EosContext {
     ) -> KafkaResult<()> {
         let committed = consumer.committed_offsets(assigned.clone(), LOOKUP_TIMEOUT)?;
         let mut by_time = TopicPartitionList::new();
+        let mut resumed_at = self.resumed_at.lock().unwrap_or_else(|p| p.into_inner());
         for element in committed.elements() {
             let (topic, partition) = (element.topic(), element.partition());
             let offset = match element.offset() {
-                Offset::Offset(n) => Offset::Offset(n),
+                Offset::Offset(n) => {
+                    resumed_at.insert((topic.to_string(), partition), n);
+                    Offset::Offset(n)
+                }
                 _ => match self.starts.get(topic).copied().unwrap_or_default() {
                     StartPosition::Earliest => Offset::Beginning,
                     StartPosition::Latest => Offset::End,
@@ -200,6 +234,12 @@ impl ConsumerContext for EosContext {
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 self.commit_before_revoke(consumer);
+                {
+                    let mut resumed_at = self.resumed_at.lock().unwrap_or_else(|p| p.into_inner());
+                    for element in tpl.elements() {
+                        resumed_at.remove(&(element.topic().to_string(), element.partition()));
+                    }
+                }
                 self.close_tasks(tpl);
                 lock_gate(&self.tables).revoked(tpl);
                 for element in tpl.elements() {
@@ -228,4 +268,39 @@ impl ConsumerContext for EosContext {
             }
         }
     }
+}
+
+/// The offsets that let *every* transaction be fenced by the group
+/// generation (KIP-447): the broker checks the generation only on the
+/// offsets a transaction commits, so a transaction that consumed nothing
+/// (a timer's output, say) would otherwise commit even from a zombie. For
+/// each assigned partition: the consumer's position (one past the last
+/// record handed to the loop; every such record is either in the open
+/// transaction, whose own offset then wins, or was moved back to by a
+/// seek), or, before anything was read, the offset the group resumed from.
+/// Re-committing either changes nothing.
+pub fn fencing_offsets<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    resumed_at: &Mutex<HashMap<(String, i32), i64>>,
+) -> Vec<(String, i32, i64)> {
+    let resumed_at = resumed_at.lock().unwrap_or_else(|p| p.into_inner());
+    let positions = consumer.position().unwrap_or_default();
+    let Ok(assigned) = consumer.assignment() else {
+        return Vec::new();
+    };
+    assigned
+        .elements()
+        .iter()
+        .filter_map(|e| {
+            let key = (e.topic().to_string(), e.partition());
+            let position = positions
+                .find_partition(e.topic(), e.partition())
+                .and_then(|p| match p.offset() {
+                    Offset::Offset(n) if n >= 0 => Some(n),
+                    _ => None,
+                });
+            let next = position.or_else(|| resumed_at.get(&key).copied())?;
+            Some((key.0, key.1, next))
+        })
+        .collect()
 }

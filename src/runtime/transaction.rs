@@ -249,6 +249,21 @@ impl Transaction {
         Ok(())
     }
 
+    /// Adds offsets for partitions this transaction consumed nothing from
+    /// (see `rebalance::fencing_offsets`), so that its commit is checked
+    /// against the group generation like any other. Exactly-once only; a
+    /// closed transaction stays closed.
+    pub fn include_positions(&mut self, positions: &[(String, i32, i64)]) {
+        if !self.open || !self.transactional {
+            return;
+        }
+        for (topic, partition, next) in positions {
+            self.offsets
+                .entry((topic.clone(), *partition))
+                .or_insert(*next);
+        }
+    }
+
     /// Whether the open transaction should commit now: its interval is
     /// over, or it holds too many records or too many buffered state bytes.
     /// `interval` is `None` when the caller skips the clock this time.

@@ -5,6 +5,21 @@
 //! no local copy (new machine, deleted or corrupt directory) reads the whole
 //! partition (a *full* restore). Reads are `read_committed`: aborted
 //! changelog records never reach a store.
+//!
+//! A local copy is trusted only while it still matches its changelog: the
+//! same topic (by id, so a topic deleted and created again under the same
+//! name is another topic), and a stored offset inside the partition's
+//! current range. Anything else — the changelog deleted, recreated,
+//! truncated, or its head deleted while the task lived elsewhere — makes
+//! the copy [`Restore::Stale`], and the caller wipes it and restores the
+//! whole partition, as Kafka Streams does on `TaskCorruptedException`.
+//!
+//! The end of a changelog is read only once it is *settled*: no transaction
+//! at its tail is still undecided. The group's committed offsets are
+//! fetched as stable (KIP-447), but the commit markers of the same
+//! transaction reach the changelog partition asynchronously; reading to the
+//! last stable offset at that instant could miss the changelog records of
+//! the very transaction whose offsets the task resumes from.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -12,6 +27,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tracing::{info, warn};
 
@@ -20,8 +36,15 @@ use super::rocks::{Change, TaskDb};
 
 /// Records applied to RocksDB per write batch during a restore.
 const BATCH: usize = 10_000;
-/// Longest a restore may go without reading anything before it gives up.
+/// Longest a restore may go without reading anything before it gives up,
+/// and longest it waits for the changelog's tail to settle. Well above the
+/// 10 s transaction timeout Millrace's producers use, after which the
+/// broker aborts a transaction its producer abandoned.
 const STALL: Duration = Duration::from_secs(120);
+/// Bound on one metadata request (watermarks, topic id).
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between checks while a changelog's tail is undecided.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
 
 /// Consumer context for restores: reaching the end of a changelog is the
 /// goal, not an error worth an ERROR log line (librdkafka reports it as a
@@ -30,13 +53,26 @@ struct QuietEof;
 
 impl rdkafka::ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        let eof = matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !eof {
             warn!(%error, reason, "restore consumer error");
         }
     }
 }
 
 impl rdkafka::consumer::ConsumerContext for QuietEof {}
+
+/// What a restore found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restore {
+    /// The store is up to date with its changelog.
+    Done(Restored),
+    /// The local copy does not belong to the changelog as it is now (the
+    /// reason says how); nothing was read. The caller wipes the task's
+    /// local state and restores again from the start.
+    Stale(String),
+}
 
 /// What one store's restore did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +93,10 @@ fn kafka(context: &str, e: KafkaError) -> StateError {
 pub struct Restorer {
     client: ClientConfig,
     consumer: Option<BaseConsumer<QuietEof>>,
+    /// A `read_uncommitted` client: its watermark queries answer the high
+    /// watermark, where the restore consumer's (`read_committed`) answer
+    /// the last stable offset.
+    uncommitted: Option<BaseConsumer<QuietEof>>,
 }
 
 impl Restorer {
@@ -64,7 +104,25 @@ impl Restorer {
         Restorer {
             client,
             consumer: None,
+            uncommitted: None,
         }
+    }
+
+    fn uncommitted(&mut self) -> Result<&BaseConsumer<QuietEof>, StateError> {
+        if self.uncommitted.is_none() {
+            let mut config = self.client.clone();
+            config
+                .set("isolation.level", "read_uncommitted")
+                .set("enable.auto.commit", "false")
+                .set("group.id", "millrace-restore");
+            let client = config
+                .create_with_context(QuietEof)
+                .map_err(|e| kafka("changelog watermark client", e))?;
+            self.uncommitted = Some(client);
+        }
+        self.uncommitted
+            .as_ref()
+            .ok_or_else(|| StateError::Storage("changelog watermark client missing".into()))
     }
 
     fn consumer(&mut self) -> Result<&BaseConsumer<QuietEof>, StateError> {
@@ -80,6 +138,10 @@ impl Restorer {
                 // Nor wait a second to refill a full prefetch queue (see
                 // the pipeline consumer's setting in runtime::clients).
                 .set("fetch.queue.backoff.ms", "10")
+                // A stored offset outside the partition is a mismatch to
+                // handle (wipe and restore fully), never a silent jump to
+                // one end of the partition, librdkafka's default.
+                .set("auto.offset.reset", "error")
                 // Assigned partitions only: the group id is never joined.
                 .set("group.id", "millrace-restore");
             let consumer = config
@@ -92,22 +154,123 @@ impl Restorer {
             .ok_or_else(|| StateError::Storage("restore consumer missing".into()))
     }
 
-    /// Brings `store` of `db` up to the end of its changelog partition.
+    /// Brings `store` of `db` up to the end of its changelog partition, or
+    /// finds that the local copy no longer matches the changelog.
     pub fn restore(
         &mut self,
         db: &TaskDb,
         store: &str,
         topic: &str,
         partition: i32,
-    ) -> Result<Restored, StateError> {
+    ) -> Result<Restore, StateError> {
+        let started = Instant::now();
+        let id = self.topic_id(topic)?;
+        let (low, end) = self.settled_watermarks(topic, partition)?;
+        let stored = db.changelog_offset(store)?;
+        let stored_id = db.changelog_topic_id(store)?;
+        if let Some(why) = mismatch(stored, stored_id.as_deref(), &id, low, end) {
+            return Ok(Restore::Stale(format!("{topic}[{partition}]: {why}")));
+        }
+        if stored_id.as_deref() != Some(id.as_str()) {
+            db.set_changelog_topic_id(store, &id)?;
+        }
         let consumer = self.consumer()?;
-        let result = restore(consumer, db, store, topic, partition);
+        let result = restore(consumer, db, store, topic, partition, (low, end), started);
         // Leave nothing assigned (and nothing prefetched) between restores.
         if let Err(e) = consumer.unassign() {
             warn!(error = %e, "restore consumer unassign");
         }
         result
     }
+
+    /// The changelog's topic id; its absence is an error (changelogs are
+    /// created before any task opens).
+    fn topic_id(&mut self, topic: &str) -> Result<String, StateError> {
+        let client = self.uncommitted()?;
+        match crate::topic_id::topic_id(client.client(), topic, METADATA_TIMEOUT) {
+            Ok(Some(id)) => Ok(id),
+            Ok(None) => Err(StateError::Storage(format!(
+                "changelog topic {topic} does not exist"
+            ))),
+            Err(e) => Err(StateError::Storage(e)),
+        }
+    }
+
+    /// The partition's low watermark and its end, once no transaction at
+    /// its tail is undecided (the last stable offset has reached the high
+    /// watermark). Only the task's owner writes its changelog, so once
+    /// settled the end stays put while this instance restores.
+    fn settled_watermarks(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(i64, i64), StateError> {
+        let started = Instant::now();
+        let mut logged = false;
+        loop {
+            let (_, high) = self
+                .uncommitted()?
+                .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+                .map_err(|e| kafka("changelog high watermark", e))?;
+            let (low, stable) = self
+                .consumer()?
+                .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+                .map_err(|e| kafka("changelog watermarks", e))?;
+            if stable >= high {
+                return Ok((low, stable));
+            }
+            if started.elapsed() > STALL {
+                return Err(StateError::Storage(format!(
+                    "the tail of {topic}[{partition}] stayed undecided for {STALL:?} \
+                     (last stable offset {stable}, high watermark {high})"
+                )));
+            }
+            if !logged {
+                info!(
+                    topic,
+                    partition,
+                    stable,
+                    high,
+                    "waiting for the transaction at the end of the changelog to be decided"
+                );
+                logged = true;
+            }
+            std::thread::sleep(SETTLE_POLL);
+        }
+    }
+}
+
+/// Why a local copy cannot be trusted, if it cannot: it was built from
+/// another incarnation of the changelog topic, or its offset lies outside
+/// the partition (`low..=end`) as it is now.
+fn mismatch(
+    stored: Option<i64>,
+    stored_id: Option<&str>,
+    id: &str,
+    low: i64,
+    end: i64,
+) -> Option<String> {
+    if let Some(old) = stored_id
+        && old != id
+    {
+        return Some(format!(
+            "the changelog topic was deleted and created again (topic id {old}, now {id})"
+        ));
+    }
+    let next = stored?;
+    if next > end {
+        return Some(format!(
+            "the local copy reaches offset {next} but the changelog ends at {end} \
+             (deleted, recreated or truncated)"
+        ));
+    }
+    if next < low {
+        return Some(format!(
+            "the local copy stops at offset {next} but the changelog now starts at {low} \
+             (records deleted while the task was elsewhere)"
+        ));
+    }
+    None
 }
 
 fn restore(
@@ -116,8 +279,9 @@ fn restore(
     store: &str,
     topic: &str,
     partition: i32,
-) -> Result<Restored, StateError> {
-    let started = Instant::now();
+    (low, high): (i64, i64),
+    started: Instant,
+) -> Result<Restore, StateError> {
     let stored = db.changelog_offset(store)?;
     // Applies restored records together with the changelog position they
     // bring the store to, in one atomic write.
@@ -127,11 +291,8 @@ fn restore(
     };
     // Nothing to read when the local copy already ends where the changelog
     // ends (a clean restart), or when the changelog is empty (a new
-    // pipeline): answered by one metadata round trip instead of a fetch
-    // that waits for the end-of-partition event.
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, Duration::from_secs(30))
-        .map_err(|e| kafka("changelog watermarks", e))?;
+    // pipeline): answered by the watermarks instead of a fetch that waits
+    // for the end-of-partition event.
     let up_to_date = match stored {
         Some(next) => next == high,
         None => low == high,
@@ -141,7 +302,13 @@ fn restore(
             // An empty store is a local copy too: record where it ends.
             flush(&mut BTreeMap::new(), high)?;
         }
-        return Ok(finish(stored.is_none(), 0, started, store, partition));
+        return Ok(Restore::Done(finish(
+            stored.is_none(),
+            0,
+            started,
+            store,
+            partition,
+        )));
     }
     let start = stored.map_or(Offset::Beginning, Offset::Offset);
     let mut tpl = TopicPartitionList::new();
@@ -173,6 +340,13 @@ fn restore(
                 }
             }
             Some(Err(KafkaError::PartitionEOF(_))) => break,
+            // The stored offset fell out of the partition between the
+            // check above and the fetch (retention, DeleteRecords).
+            Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::AutoOffsetReset) => {
+                return Ok(Restore::Stale(format!(
+                    "{topic}[{partition}]: offset {start:?} is out of range: {e}"
+                )));
+            }
             Some(Err(e)) => return Err(kafka("reading the changelog", e)),
         }
     }
@@ -189,7 +363,13 @@ fn restore(
     // (Its low watermark was fetched above.)
     let next = position.or(stored).unwrap_or(low);
     flush(&mut batch, next)?;
-    Ok(finish(stored.is_none(), records, started, store, partition))
+    Ok(Restore::Done(finish(
+        stored.is_none(),
+        records,
+        started,
+        store,
+        partition,
+    )))
 }
 
 fn finish(full: bool, records: u64, started: Instant, store: &str, partition: i32) -> Restored {
@@ -207,4 +387,30 @@ fn finish(full: bool, records: u64, started: Instant, store: &str, partition: i3
         "restored"
     );
     restored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mismatch;
+
+    #[test]
+    fn a_local_copy_is_trusted_only_inside_its_own_changelog() {
+        let id = "ID1";
+        // A fresh store, and copies within the partition's range.
+        assert_eq!(mismatch(None, None, id, 0, 0), None);
+        assert_eq!(mismatch(None, None, id, 5, 9), None);
+        assert_eq!(mismatch(Some(9), Some(id), id, 0, 9), None);
+        assert_eq!(mismatch(Some(3), Some(id), id, 3, 9), None);
+        // Stores from before ids were recorded are checked by offsets.
+        assert_eq!(mismatch(Some(4), None, id, 0, 9), None);
+        // Beyond the end: the changelog was recreated or truncated.
+        let beyond = mismatch(Some(10), Some(id), id, 0, 9).unwrap();
+        assert!(beyond.contains("ends at 9"), "{beyond}");
+        // Before the start: records the copy lacks are gone.
+        let before = mismatch(Some(2), Some(id), id, 3, 9).unwrap();
+        assert!(before.contains("starts at 3"), "{before}");
+        // Another topic under the same name, whatever the offsets say.
+        let other = mismatch(Some(4), Some("ID0"), id, 0, 9).unwrap();
+        assert!(other.contains("deleted and created again"), "{other}");
+    }
 }

@@ -1,7 +1,8 @@
 //! The local copy of a task's stores: one RocksDB instance per task
-//! (`<state.dir>/<pipeline>/task-<partition>`), a column family per store,
+//! (`<state.dir>/<group>/task-<partition>`), a column family per store,
 //! and a `millrace.meta` column family holding, per store, the changelog
-//! offset the local data is complete up to.
+//! offset the local data is complete up to and the id of the changelog
+//! topic it was built from.
 //!
 //! The local copy only ever holds *committed* state: writes reach it after
 //! their Kafka transaction commits, in one atomic write batch together with
@@ -20,6 +21,9 @@ use rocksdb::{
 use super::{Entries, StateError};
 
 const META_CF: &str = "millrace.meta";
+/// Meta key prefix of a store's changelog topic id (the bare store name
+/// holds its offset; store names never start with a NUL byte).
+const TOPIC_ID_PREFIX: &[u8] = b"\0topic-id/";
 
 /// Memory shared by every store of the process, so that the total is
 /// bounded by configuration whatever the number of tasks. Clones share.
@@ -73,8 +77,8 @@ pub type Change = Option<Vec<u8>>;
 
 impl TaskDb {
     /// The directory of a task's state.
-    pub fn dir(state_dir: &Path, pipeline: &str, task: i32) -> PathBuf {
-        state_dir.join(pipeline).join(format!("task-{task}"))
+    pub fn dir(state_dir: &Path, group: &str, task: i32) -> PathBuf {
+        state_dir.join(group).join(format!("task-{task}"))
     }
 
     /// Opens (creating if needed) the task's database with a column family
@@ -106,6 +110,29 @@ impl TaskDb {
         Ok(())
     }
 
+    /// Deletes a task's local state unless a live process has it open
+    /// (RocksDB's lock says so: instances on one machine may share a state
+    /// directory). Returns whether it was deleted.
+    pub fn destroy_if_unused(env: &StateEnv, path: &Path) -> Result<bool, StateError> {
+        let opts = env.options();
+        // Open with whatever column families it has: a store renamed since
+        // must not keep the directory alive forever.
+        let families = DB::list_cf(&opts, path).unwrap_or_default();
+        let families: Vec<ColumnFamilyDescriptor> = families
+            .into_iter()
+            .filter(|f| f != rocksdb::DEFAULT_COLUMN_FAMILY_NAME)
+            .map(|f| ColumnFamilyDescriptor::new(f, env.options()))
+            .collect();
+        match DB::open_cf_descriptors(&opts, path, families) {
+            Ok(db) => drop(db),
+            Err(e) if e.to_string().contains("lock") => return Ok(false),
+            // Unreadable as a database: nothing live uses it either.
+            Err(_) => {}
+        }
+        TaskDb::destroy(path)?;
+        Ok(true)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -132,6 +159,27 @@ impl TaskDb {
             }
             _ => None,
         })
+    }
+
+    /// The id of the changelog topic this store's data came from, if
+    /// recorded (stores written before ids were recorded have none).
+    pub fn changelog_topic_id(&self, store: &str) -> Result<Option<String>, StateError> {
+        let meta = self.cf(META_CF)?;
+        let raw = self
+            .db
+            .get_cf(meta, topic_id_key(store))
+            .map_err(|e| storage("reading changelog topic id", e))?;
+        Ok(raw.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Records the id of the changelog topic this store's data comes from.
+    /// Written before the first record of that topic is applied, so a store
+    /// never holds data of one topic under the id of another.
+    pub fn set_changelog_topic_id(&self, store: &str, id: &str) -> Result<(), StateError> {
+        let meta = self.cf(META_CF)?;
+        self.db
+            .put_cf(meta, topic_id_key(store), id.as_bytes())
+            .map_err(|e| storage("writing changelog topic id", e))
     }
 
     pub fn get(&self, store: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
@@ -193,6 +241,10 @@ impl TaskDb {
     }
 }
 
+fn topic_id_key(store: &str) -> Vec<u8> {
+    [TOPIC_ID_PREFIX, store.as_bytes()].concat()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +270,15 @@ mod tests {
                 .unwrap();
         }
         let db = TaskDb::open(&env, dir.path(), &stores).unwrap();
+        assert_eq!(db.changelog_offset("w").unwrap(), Some(42));
+        assert_eq!(db.changelog_topic_id("w").unwrap(), None);
+        db.set_changelog_topic_id("w", "AAAAAAAAAAAAAAAAAAAAAQ")
+            .unwrap();
+        assert_eq!(
+            db.changelog_topic_id("w").unwrap().as_deref(),
+            Some("AAAAAAAAAAAAAAAAAAAAAQ")
+        );
+        // The id does not disturb the offset kept beside it.
         assert_eq!(db.changelog_offset("w").unwrap(), Some(42));
         assert_eq!(db.get("w", b"a").unwrap(), Some(b"1".to_vec()));
         let keys: Vec<Vec<u8>> = db

@@ -262,7 +262,7 @@ fn wipe(run: &Running) -> anyhow::Result<()> {
 
 /// Kafka Streams' layout is `<state-dir>/<application id>/<task>/...` with
 /// the process metadata file in `<application id>/`; Millrace's is
-/// `<state-dir>/<pipeline>/task-<n>/...`. Both lose every task directory.
+/// `<state-dir>/<group id>/task-<n>/...`. Both lose every task directory.
 fn wipe_dir_keeping_metadata(dir: &std::path::Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
