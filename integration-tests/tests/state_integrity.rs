@@ -229,10 +229,9 @@ fn a_local_copy_that_no_longer_matches_its_changelog_is_rebuilt() -> anyhow::Res
     let rt = tokio::runtime::Runtime::new()?;
     let admin = admin()?;
     let changelog = s.changelog();
-    let policy = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(
-        &changelog,
-    ))
-    .set("cleanup.policy", "compact,delete");
+    let policy =
+        rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&changelog))
+            .set("cleanup.policy", "compact,delete");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for r in rt.block_on(admin.alter_configs([&policy], &options))? {
         r.map_err(|(_, e)| anyhow::anyhow!("cleanup.policy: {e}"))?;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext, PurgeConfig};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, warn};
 
@@ -489,6 +489,16 @@ impl Transaction {
     /// abort failure the producer is unusable and will be rebuilt anyway.
     pub fn abort(&mut self) {
         if self.open && self.transactional {
+            // librdkafka's abort first waits until every outstanding record
+            // is purged *and its delivery report served*; nothing serves
+            // them while this thread waits inside the abort, so it used to
+            // block for the whole timeout (a stalled instance, seen after
+            // a zombie's failed commit). Purge and serve them here first.
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+            if let Err(e) = self.await_deliveries(Instant::now() + self.timeout) {
+                warn!(error = %e, "purging before the abort");
+            }
             match self.producer.abort_transaction(self.timeout) {
                 Ok(()) => self
                     .metrics
