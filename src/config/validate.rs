@@ -284,6 +284,33 @@ mod tests {
     }
 
     #[test]
+    fn the_assignment_protocol_and_a_group_id_that_names_files_are_checked() {
+        let found = issues(
+            r#"
+pipeline: p
+kafka:
+  group_id: "team/a"
+  consumer_properties:
+    partition.assignment.strategy: cooperative-sticky
+    group.protocol: consumer
+sources: [{topic: in}]
+sinks: {out: {topic: out}}
+"#,
+        );
+        let paths: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "kafka.group_id",
+                "kafka.consumer_properties.group.protocol",
+                "kafka.consumer_properties.partition.assignment.strategy",
+            ],
+            "{found:?}"
+        );
+        assert!(found[0].1.contains("changelog"), "{found:?}");
+    }
+
+    #[test]
     fn bad_expression_names_the_step() {
         let found = issues(
             r#"

@@ -112,12 +112,33 @@ pub fn run(
                 if started.elapsed() > MAX_BACKOFF {
                     backoff = Duration::from_millis(500);
                 }
-                warn!(error = %format!("{e:#}"), retry_in = ?backoff, "rebuilding Kafka clients");
+                let error = format!("{e:#}");
+                if is_fenced(&error) {
+                    // Fencing keeps the output exact, but two processes
+                    // with one identity fence each other in turn forever.
+                    error!(
+                        error,
+                        transactional_id = %config.transactional_id(),
+                        retry_in = ?backoff,
+                        "fenced by another process with this instance's identity: if two \
+                         instances share kafka.instance_id, give each its own (a restarted \
+                         instance fencing its predecessor logs this once)"
+                    );
+                } else {
+                    warn!(error, retry_in = ?backoff, "rebuilding Kafka clients");
+                }
                 sleep_unless_stopped(backoff, &stop);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
+}
+
+/// Whether an error says another producer (same `transactional.id`) or
+/// consumer (same `group.instance.id`) took over this instance's identity.
+fn is_fenced(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("fenced") || error.contains("old epoch") || error.contains("producer_fenced")
 }
 
 /// Registers the Avro sinks' schemas, waiting out registry outages (a
