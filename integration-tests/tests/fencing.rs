@@ -75,7 +75,7 @@ http: {{listen: "127.0.0.1:{{ops_port}}"}}
         .collect::<Vec<_>>()
         .join("\n");
     assert!(
-        logs.contains("share kafka.instance_id"),
+        logs.contains("sharing kafka.instance_id"),
         "no log line names the shared instance id; logs:\n{}\n---\n{}",
         first.log_tail(30),
         second.log_tail(30)

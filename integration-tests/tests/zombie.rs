@@ -7,6 +7,11 @@
 //! count then repeats a value), and not what its timers emit on waking (a
 //! `stale` step, which sees a long silence through the pause, would report
 //! devices that never went quiet).
+//!
+//! Also here: an instance paused past `transaction.timeout.ms` but not past
+//! its session, whose open transaction the broker aborts (bumping its
+//! producer's epoch): when it resumes it must notice, abort on its side and
+//! go on, exactly.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,8 +29,9 @@ use rdkafka::message::{Message, OwnedMessage};
 
 const PARTITIONS: i32 = 2;
 const KEYS: usize = 16;
-/// Pauses last this long: past the 3 s session timeout and the 3 s `stale`
-/// silence, short of the 60 s transaction timeout.
+/// Pauses of an expelled instance last this long: past the 3 s session
+/// timeout and the 3 s `stale` silence, short of the 60 s transaction
+/// timeout.
 const PAUSE: Duration = Duration::from_secs(7);
 
 /// Two instances of one pipeline in one group.
@@ -38,7 +44,37 @@ struct Pair {
     _state: (tempfile::TempDir, tempfile::TempDir),
 }
 
-fn yaml(group: &str, input: &str, output: &str, instance: &str, state: &str, step: &str) -> String {
+/// The timeouts that decide which fault a pause is.
+struct Timing {
+    session_ms: u32,
+    transaction_ms: u32,
+    commit_interval: &'static str,
+}
+
+/// Expelled from the group by a pause, its transaction still open.
+const EXPELLED: Timing = Timing {
+    session_ms: 3_000,
+    // Longer than the pause, so the broker does not abort the zombie's
+    // transaction on its own: the zombie itself must not commit it.
+    transaction_ms: 60_000,
+    // A long interval keeps a transaction open at almost any instant.
+    commit_interval: "1500ms",
+};
+
+fn yaml(
+    group: &str,
+    input: &str,
+    output: &str,
+    instance: &str,
+    state: &str,
+    step: &str,
+    timing: &Timing,
+) -> String {
+    let Timing {
+        session_ms,
+        transaction_ms,
+        commit_interval,
+    } = timing;
     format!(
         r#"
 pipeline: {group}
@@ -46,27 +82,24 @@ kafka:
   group_id: {group}
   instance_id: {group}-{instance}
   consumer_properties:
-    session.timeout.ms: "3000"
+    session.timeout.ms: "{session_ms}"
     heartbeat.interval.ms: "300"
   producer_properties:
-    # Longer than the pause, so the broker does not abort the zombie's
-    # transaction on its own: the zombie itself must not commit it.
-    transaction.timeout.ms: "60000"
+    transaction.timeout.ms: "{transaction_ms}"
 sources: [{{topic: {input}, start: earliest}}]
 steps:
   - {step}
 sinks: {{out: {{topic: {output}}}}}
 dead_letter: {{topic: {output}-dead}}
 state: {{dir: {state}}}
-# A long interval keeps a transaction open at almost any instant.
-commit: {{interval: 1500ms}}
+commit: {{interval: {commit_interval}}}
 http: {{listen: "127.0.0.1:{{ops_port}}"}}
 "#
     )
 }
 
 impl Pair {
-    fn start(prefix: &str, step: &str) -> anyhow::Result<Pair> {
+    fn start(prefix: &str, step: &str, timing: &Timing) -> anyhow::Result<Pair> {
         let name = unique(prefix);
         let (input, output, group) = (
             format!("{name}-in"),
@@ -81,9 +114,12 @@ impl Pair {
             (&dead, 1),
         ]))?;
         let state = (tempfile::tempdir()?, tempfile::tempdir()?);
-        let dir = |d: &tempfile::TempDir| d.path().display().to_string();
-        let mut a = Millrace::start(&yaml(&group, &input, &output, "a", &dir(&state.0), step))?;
-        let mut b = Millrace::start(&yaml(&group, &input, &output, "b", &dir(&state.1), step))?;
+        let start = |instance: &str, state: &tempfile::TempDir| {
+            let dir = state.path().display().to_string();
+            Millrace::start(&yaml(&group, &input, &output, instance, &dir, step, timing))
+        };
+        let mut a = start("a", &state.0)?;
+        let mut b = start("b", &state.1)?;
         a.wait_ready(Duration::from_secs(60))?;
         b.wait_ready(Duration::from_secs(60))?;
         Ok(Pair {
@@ -96,16 +132,21 @@ impl Pair {
         })
     }
 
-    /// Pauses each instance in turn for [`PAUSE`], `rounds` times.
-    fn pause_in_turn(&self, rounds: usize) -> anyhow::Result<()> {
+    /// Pauses each instance in turn (only `a` with `only_a`) for `pause`,
+    /// `rounds` times.
+    fn pause_in_turn(&self, rounds: usize, pause: Duration, only_a: bool) -> anyhow::Result<()> {
         for round in 0..rounds {
             std::thread::sleep(Duration::from_secs(3));
-            let paused = if round % 2 == 0 { &self.a } else { &self.b };
+            let paused = if round % 2 == 0 || only_a {
+                &self.a
+            } else {
+                &self.b
+            };
             let pid = paused.pid().ok_or_else(|| anyhow::anyhow!("not running"))?;
             let pid = Pid::from_raw(pid as i32);
             kill(pid, Signal::SIGSTOP)?;
-            progress(&format!("round {round}: paused an instance for {PAUSE:?}"));
-            std::thread::sleep(PAUSE);
+            progress(&format!("round {round}: paused an instance for {pause:?}"));
+            std::thread::sleep(pause);
             kill(pid, Signal::SIGCONT)?;
         }
         Ok(())
@@ -186,14 +227,20 @@ fn json(m: &OwnedMessage) -> serde_json::Value {
     serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default()
 }
 
-#[test]
-fn a_paused_instance_expelled_from_the_group_commits_nothing_when_it_resumes() -> anyhow::Result<()>
-{
-    let mut pair = Pair::start("zombie", "reduce: {}")?;
+/// Runs a per-key count through `rounds` pauses and checks that every
+/// key's counts are exactly 1..n.
+fn counts_are_exact_through_pauses(
+    prefix: &str,
+    timing: &Timing,
+    rounds: usize,
+    pause: Duration,
+    only_a: bool,
+) -> anyhow::Result<()> {
+    let mut pair = Pair::start(prefix, "reduce: {}", timing)?;
     let feeding = Arc::new(AtomicBool::new(true));
     let sent: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
     let feeder = feed(&pair.input, feeding.clone(), sent.clone());
-    pair.pause_in_turn(4)?;
+    pair.pause_in_turn(rounds, pause, only_a)?;
     std::thread::sleep(Duration::from_secs(3));
     feeding.store(false, Ordering::SeqCst);
     feeder.join().expect("feeder")?;
@@ -233,12 +280,30 @@ fn a_paused_instance_expelled_from_the_group_commits_nothing_when_it_resumes() -
 }
 
 #[test]
+fn a_paused_instance_expelled_from_the_group_commits_nothing_when_it_resumes() -> anyhow::Result<()>
+{
+    counts_are_exact_through_pauses("zombie", &EXPELLED, 4, PAUSE, false)
+}
+
+#[test]
+fn a_transaction_the_broker_timed_out_is_abandoned_and_processing_goes_on() -> anyhow::Result<()> {
+    // Paused past the transaction timeout plus the broker's abort scan
+    // (5 s on the test broker), well inside the session.
+    let timing = Timing {
+        session_ms: 30_000,
+        transaction_ms: 3_000,
+        commit_interval: "1s",
+    };
+    counts_are_exact_through_pauses("txn-timeout", &timing, 2, Duration::from_secs(10), true)
+}
+
+#[test]
 fn a_resumed_zombie_commits_no_timer_output() -> anyhow::Result<()> {
-    let mut pair = Pair::start("zombie-timer", "stale: {after: 3s}")?;
+    let mut pair = Pair::start("zombie-timer", "stale: {after: 3s}", &EXPELLED)?;
     let feeding = Arc::new(AtomicBool::new(true));
     let sent: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
     let feeder = feed(&pair.input, feeding.clone(), sent.clone());
-    pair.pause_in_turn(4)?;
+    pair.pause_in_turn(4, PAUSE, false)?;
     feeding.store(false, Ordering::SeqCst);
     feeder.join().expect("feeder")?;
     // Every key goes quiet now, once: each is reported stale exactly once.

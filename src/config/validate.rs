@@ -157,6 +157,39 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
             "must be at most 10m (transactions time out long before that)".into(),
         );
     }
+    // The broker aborts a transaction open longer than its timeout; one
+    // that routinely reaches it would abort forever and never progress.
+    // Millrace's default is 10 s (runtime::clients); half of it leaves room
+    // for the commit itself.
+    let txn_timeout = config
+        .kafka
+        .producer_properties
+        .get("transaction.timeout.ms")
+        .or_else(|| config.kafka.properties.get("transaction.timeout.ms"));
+    let txn_timeout_ms = match txn_timeout.map(|v| v.parse::<u64>()) {
+        Some(Ok(ms)) => Some(ms),
+        Some(Err(_)) => {
+            issue(
+                "kafka.producer_properties.transaction.timeout.ms",
+                "must be a number of milliseconds".into(),
+            );
+            None
+        }
+        None => Some(10_000),
+    };
+    if let Some(ms) = txn_timeout_ms
+        && config.commit.guarantee == super::Guarantee::ExactlyOnce
+        && config.commit.interval.as_millis() * 2 > u128::from(ms)
+    {
+        issue(
+            "commit.interval",
+            format!(
+                "must be at most half of the producer's transaction.timeout.ms ({ms} ms), or \
+                 the broker aborts transactions before they commit; raise \
+                 kafka.producer_properties.transaction.timeout.ms"
+            ),
+        );
+    }
     if config.commit.max_records == 0 {
         issue("commit.max_records", "must be at least 1".into());
     }
@@ -308,6 +341,23 @@ sinks: {out: {topic: out}}
             "{found:?}"
         );
         assert!(found[0].1.contains("changelog"), "{found:?}");
+    }
+
+    #[test]
+    fn a_commit_interval_the_transaction_timeout_would_cut_is_refused() {
+        let long = issues(
+            "pipeline: p\nsources: [{topic: in}]\nsinks: {out: {topic: out}}\n\
+             commit: {interval: 6s}\n",
+        );
+        assert_eq!(long.len(), 1, "{long:?}");
+        assert_eq!(long[0].0, "commit.interval");
+        assert!(long[0].1.contains("10000 ms"), "{long:?}");
+        let raised = issues(
+            "pipeline: p\nsources: [{topic: in}]\nsinks: {out: {topic: out}}\n\
+             commit: {interval: 6s}\n\
+             kafka: {producer_properties: {transaction.timeout.ms: \"60000\"}}\n",
+        );
+        assert!(raised.is_empty(), "{raised:?}");
     }
 
     #[test]

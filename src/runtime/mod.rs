@@ -120,9 +120,10 @@ pub fn run(
                         error,
                         transactional_id = %config.transactional_id(),
                         retry_in = ?backoff,
-                        "fenced by another process with this instance's identity: if two \
-                         instances share kafka.instance_id, give each its own (a restarted \
-                         instance fencing its predecessor logs this once)"
+                        "fenced: another process took this instance's identity (two instances \
+                         sharing kafka.instance_id? give each its own), or the broker aborted a \
+                         transaction that outlived transaction.timeout.ms (was the process \
+                         paused or stalled?)"
                     );
                 } else {
                     warn!(error, retry_in = ?backoff, "rebuilding Kafka clients");

@@ -373,6 +373,12 @@ impl Transaction {
                     "transaction committed"
                 );
             }
+            // A fenced (fatal) producer cannot abort; the broker already
+            // aborted its transaction. Forget it here; the caller rebuilds.
+            Err(e @ TxnError::Fatal(_)) => {
+                warn!(error = %e, "commit failed; the producer is fenced");
+                self.forget();
+            }
             Err(e) => {
                 warn!(error = %e, "commit failed");
                 self.abort();
@@ -488,7 +494,13 @@ impl Transaction {
     /// Aborts the open transaction, if any. Errors are logged: after an
     /// abort failure the producer is unusable and will be rebuilt anyway.
     pub fn abort(&mut self) {
-        if self.open && self.transactional {
+        let fatal = self.producer.client().fatal_error();
+        if let Some((_, why)) = &fatal {
+            // Fenced: the broker has aborted this producer's transaction
+            // already, and an abort from here could only fail.
+            debug!(error = %why, "producer in a fatal state; nothing to abort");
+        }
+        if self.open && self.transactional && fatal.is_none() {
             // librdkafka's abort first waits until every outstanding record
             // is purged *and its delivery report served*; nothing serves
             // them while this thread waits inside the abort, so it used to
@@ -508,6 +520,12 @@ impl Transaction {
                 Err(e) => warn!(error = %e, "abort failed; the producer will be rebuilt"),
             }
         }
+        self.forget();
+    }
+
+    /// Drops what the open transaction holds locally (state writes,
+    /// delivery bookkeeping, offsets and counts).
+    fn forget(&mut self) {
         if let Some(state) = self.state.as_mut() {
             state.discard();
         }
