@@ -322,7 +322,9 @@ fn a_record_whose_state_would_not_fit_is_dead_lettered() -> anyhow::Result<()> {
     let steps = r#"
   - window: {type: tumbling, size: 10s, time: value.t, value: value.v, aggregates: [count, p50]}
 "#;
-    let mut m = Millrace::start(&yaml(
+    // Small transactions, so that the large entry reaches a changelog
+    // record before the window closes and deletes it.
+    let config = yaml(
         &name,
         &input,
         &output,
@@ -330,7 +332,9 @@ fn a_record_whose_state_would_not_fit_is_dead_lettered() -> anyhow::Result<()> {
         state.path(),
         producer_props,
         steps,
-    ))?;
+    )
+    .replace("interval: 200ms", "interval: 200ms\n  max_records: 20");
+    let mut m = Millrace::start(&config)?;
     m.wait_ready(Duration::from_secs(60))?;
     let t0 = (now_ms() - 30 * 60 * 1_000) / WINDOW_MS * WINDOW_MS;
     let mut records = Vec::new();
