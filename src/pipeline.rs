@@ -2,6 +2,20 @@
 //! [`Pipeline::process`], which turns one consumed record into the records
 //! to produce, or into the reason it must go to the dead-letter topic.
 //!
+//! # Whose failure is it?
+//!
+//! A failure on the consumed record, or on what stateless steps made of
+//! it, is the *input's*: the record goes to the dead-letter topic, none of
+//! its outputs are produced and its state writes are undone. Once a
+//! stateful step has taken the record in, what that step emits (a window's
+//! results, a running aggregate, a timer's events) belongs to its *state*:
+//! a later failure on one such record (an eval error in a later step, a
+//! route to a missing sink, a value the sink cannot encode) is that
+//! *output's*. It is returned in [`Produced::failed`], to be dead-lettered
+//! alone, while the state writes and every other output stand. Undoing the
+//! state instead would undo, say, a window's close, which every later
+//! record of the partition would retry and fail on again.
+//!
 //! Nothing here touches Kafka; the runtime feeds records in and produces
 //! what comes out, so this is tested without a broker.
 
@@ -26,6 +40,64 @@ pub struct Output {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
     pub timestamp: Option<i64>,
+    /// The stateful step that emitted it, if one did: then a refusal of
+    /// this output (by the broker's limits) is the output's own failure, not
+    /// the input record's.
+    pub emitted: Option<Emitted>,
+}
+
+/// What one consumed record, or one run of a task's timers, produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Produced {
+    /// Records to produce.
+    pub outputs: Vec<Output>,
+    /// Outputs of stateful steps that failed on their way to a sink; each
+    /// goes to the dead-letter topic on its own.
+    pub failed: Vec<FailedOutput>,
+}
+
+/// Where a record emitted by a stateful step came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emitted {
+    /// The step's index in `steps:`.
+    pub step: usize,
+    /// The step's keyword.
+    pub kind: &'static str,
+    /// The record's key as the step emitted it.
+    pub key: Option<Vec<u8>>,
+    /// The window `[start, end)` (ms) it is the result of, for a `window`.
+    pub window: Option<(i64, i64)>,
+}
+
+impl Emitted {
+    /// The step as `steps[i] (kind)`, as failures name steps.
+    pub fn step_name(&self) -> String {
+        format!("steps[{}] ({})", self.step, self.kind)
+    }
+}
+
+/// An output of a stateful step that failed after the step emitted it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailedOutput {
+    pub failure: Failure,
+    pub emitted: Emitted,
+    /// The record as it reached the failure: its value as JSON when a step
+    /// or a sink failed on it; the encoded output when the broker's limits
+    /// refused it.
+    pub payload: Vec<u8>,
+    pub timestamp: Option<i64>,
+}
+
+impl FailedOutput {
+    fn new(failure: Failure, emitted: Emitted, record: &Record) -> FailedOutput {
+        FailedOutput {
+            failure,
+            emitted,
+            // A JSON value always serializes; empty is only a fallback.
+            payload: serde_json::to_vec(&record.value).unwrap_or_default(),
+            timestamp: record.timestamp,
+        }
+    }
 }
 
 /// Why a record goes to the dead-letter topic.
@@ -64,6 +136,9 @@ pub enum FailureReason {
     Encode,
     /// The record arrived after its window closed (event time beyond grace).
     Late,
+    /// The state the record would leave does not fit in a changelog record
+    /// under the producer's `message.max.bytes`.
+    StateTooLarge,
 }
 
 impl FailureReason {
@@ -78,6 +153,7 @@ impl FailureReason {
             FailureReason::Route => "route",
             FailureReason::Encode => "encode",
             FailureReason::Late => "late",
+            FailureReason::StateTooLarge => "state_too_large",
         }
     }
 }
@@ -174,36 +250,77 @@ fn tables(config: &PipelineConfig, issues: &mut Vec<BuildIssue>) -> Vec<(String,
     tables
 }
 
-/// Runs records through `steps[from..]`. A failure names the step; a
-/// [`StateError`] is returned apart (not the records' fault).
+/// A record between steps, with the stateful step that emitted it (`None`
+/// while it is the input record's own).
+struct Flowing {
+    record: Record,
+    emitted: Option<Emitted>,
+}
+
+/// What ran through the steps: the records that came out of the last one,
+/// and the outputs of stateful steps that failed on the way.
+type Ran = (Vec<Flowing>, Vec<FailedOutput>);
+
+/// Runs records through `steps[from..]`. A failure on an input's own record
+/// is returned (it names the step); a failure on an emitted record is
+/// collected and the others go on (see the module docs). A [`StateError`]
+/// is returned apart (not the records' fault).
 fn run_steps(
     steps: &mut [Box<dyn Operator>],
     from: usize,
-    mut records: Vec<Record>,
+    mut records: Vec<Flowing>,
     ctx: &mut StepContext<'_>,
-) -> Result<Result<Vec<Record>, Failure>, StateError> {
+) -> Result<Result<Ran, Failure>, StateError> {
+    let mut failed = Vec::new();
+    let mut out = Vec::new();
     for (i, step) in steps.iter_mut().enumerate().skip(from) {
         if records.is_empty() {
             break;
         }
         let mut next = Vec::with_capacity(records.len());
         let kind = step.kind();
-        for record in records {
-            let failed = |reason, message| Failure {
+        let emits_state = step.emits_state();
+        for Flowing { record, emitted } in records {
+            let failed_at = |reason, message| Failure {
                 reason,
                 at: format!("steps[{i}] ({kind})"),
                 message,
             };
-            match step.process(ctx, record, &mut next) {
-                Ok(()) => {}
-                Err(StepError::Record(m)) => return Ok(Err(failed(FailureReason::Eval, m))),
-                Err(StepError::Late(m)) => return Ok(Err(failed(FailureReason::Late, m))),
+            // Kept for the dead letter only while it is an output of state
+            // (rare next to input records, so the copy is cheap overall).
+            let kept = emitted.as_ref().map(|_| record.clone());
+            out.clear();
+            let failure = match step.process(ctx, record, &mut out) {
+                Ok(()) => {
+                    for r in out.drain(..) {
+                        let emitted = if emits_state {
+                            Some(Emitted {
+                                step: i,
+                                kind,
+                                key: r.key.clone(),
+                                window: step.window_of(&r),
+                            })
+                        } else {
+                            emitted.clone()
+                        };
+                        next.push(Flowing { record: r, emitted });
+                    }
+                    continue;
+                }
+                Err(StepError::Record(m)) => failed_at(FailureReason::Eval, m),
+                Err(StepError::Late(m)) => failed_at(FailureReason::Late, m),
                 Err(StepError::State(e)) => return Err(e),
+            };
+            match (emitted, kept) {
+                (Some(emitted), Some(record)) => {
+                    failed.push(FailedOutput::new(failure, emitted, &record))
+                }
+                _ => return Ok(Err(failure)),
             }
         }
         records = next;
     }
-    Ok(Ok(records))
+    Ok(Ok((records, failed)))
 }
 
 /// A built pipeline.
@@ -379,7 +496,7 @@ impl Pipeline {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         stores: &mut dyn TaskStores,
-    ) -> Result<Result<Vec<Output>, Failure>, ProcessError> {
+    ) -> Result<Result<Produced, Failure>, ProcessError> {
         let at = format!("table {table} (source {})", origin.topic);
         let Some(key) = key else {
             return Ok(Err(Failure {
@@ -397,7 +514,7 @@ impl Pipeline {
             },
         };
         join::apply_table_record(stores.store(table)?, key, row.as_ref());
-        Ok(Ok(Vec::new()))
+        Ok(Ok(Produced::default()))
     }
 
     /// Decodes a consumed value with its source's decoder; `at` says where
@@ -433,9 +550,11 @@ impl Pipeline {
     }
 
     /// Runs one consumed record through the steps and encodes what comes out
-    /// for its sinks. All or nothing: on a [`Failure`] the caller
-    /// dead-letters the input record and produces none of its outputs. A
-    /// [`ProcessError`] is not the record's fault and is returned apart.
+    /// for its sinks. On a [`Failure`] (the input's, see the module docs)
+    /// the caller dead-letters the input record and produces none of its
+    /// outputs; otherwise it produces [`Produced::outputs`] and
+    /// dead-letters each of [`Produced::failed`]. A [`ProcessError`] is not
+    /// the record's fault and is returned apart.
     pub fn process(
         &mut self,
         origin: &Origin,
@@ -443,7 +562,7 @@ impl Pipeline {
         payload: Option<&[u8]>,
         timestamp: Option<i64>,
         stores: &mut dyn TaskStores,
-    ) -> Result<Result<Vec<Output>, Failure>, ProcessError> {
+    ) -> Result<Result<Produced, Failure>, ProcessError> {
         if let Some(table) = self
             .tables
             .iter()
@@ -457,22 +576,25 @@ impl Pipeline {
             Ok(value) => value,
             Err(failure) => return Ok(Err(failure)),
         };
-        let records = vec![Record {
-            key: key.map(<[u8]>::to_vec),
-            value,
-            timestamp,
-            route: None,
+        let records = vec![Flowing {
+            record: Record {
+                key: key.map(<[u8]>::to_vec),
+                value,
+                timestamp,
+                route: None,
+            },
+            emitted: None,
         }];
         let mut ctx = StepContext {
             scope: &self.scope,
             origin,
             stores,
         };
-        let records = match run_steps(&mut self.steps, 0, records, &mut ctx)? {
-            Ok(records) => records,
+        let (records, failed) = match run_steps(&mut self.steps, 0, records, &mut ctx)? {
+            Ok(ran) => ran,
             Err(failure) => return Ok(Err(failure)),
         };
-        Ok(self.encode_all(&ctx, &records))
+        Ok(self.encode_all(&ctx, records, failed))
     }
 
     /// Whether any step has timers (see [`Operator::on_tick`]).
@@ -482,13 +604,15 @@ impl Pipeline {
 
     /// Runs the timers of one task at wall-clock time `now_ms`: what a step
     /// emits continues through the steps after it to the sinks, as records
-    /// do.
+    /// do. Everything a timer emits comes from state, so a failure on it is
+    /// that output's ([`Produced::failed`]); a [`Failure`] is a timer that
+    /// failed itself, with no output to blame.
     pub fn tick(
         &mut self,
         task: i32,
         now_ms: i64,
         stores: &mut dyn TaskStores,
-    ) -> Result<Result<Vec<Output>, Failure>, StateError> {
+    ) -> Result<Result<Produced, Failure>, StateError> {
         let origin = Origin {
             topic: String::new(),
             partition: task,
@@ -500,6 +624,7 @@ impl Pipeline {
             stores,
         };
         let mut emitted = Vec::new();
+        let mut failed = Vec::new();
         for i in 0..self.steps.len() {
             if !self.steps[i].wants_ticks() {
                 continue;
@@ -517,44 +642,74 @@ impl Pipeline {
                     }));
                 }
             }
+            let step = &self.steps[i];
+            let out = out
+                .into_iter()
+                .map(|record| Flowing {
+                    emitted: Some(Emitted {
+                        step: i,
+                        kind,
+                        key: record.key.clone(),
+                        window: step.window_of(&record),
+                    }),
+                    record,
+                })
+                .collect();
             match run_steps(&mut self.steps, i + 1, out, &mut ctx)? {
-                Ok(records) => emitted.extend(records),
+                Ok((records, more)) => {
+                    emitted.extend(records);
+                    failed.extend(more);
+                }
+                // Unreachable (every record here was emitted by a step),
+                // and handled like a timer's own failure if it happens.
                 Err(failure) => return Ok(Err(failure)),
             }
         }
-        Ok(self.encode_all(&ctx, &emitted))
+        Ok(self.encode_all(&ctx, emitted, failed))
     }
 
+    /// Encodes records for their sinks. A failure on an input's own record
+    /// fails it all; one on an emitted record joins `failed`.
     fn encode_all(
         &self,
         ctx: &StepContext<'_>,
-        records: &[Record],
-    ) -> Result<Vec<Output>, Failure> {
+        records: Vec<Flowing>,
+        mut failed: Vec<FailedOutput>,
+    ) -> Result<Produced, Failure> {
         let mut outputs = Vec::new();
-        for record in records {
-            match &record.route {
-                None => {
-                    for sink in &self.sinks {
-                        outputs.push(encode_for(sink, &self.scope, ctx, record)?);
+        for Flowing { record, emitted } in records {
+            let encoded = match &record.route {
+                None => self
+                    .sinks
+                    .iter()
+                    .map(|sink| encode_for(sink, &self.scope, ctx, &record, &emitted))
+                    .collect::<Result<Vec<_>, _>>(),
+                Some(name) => match self.sinks.iter().find(|s| &s.name == name) {
+                    Some(sink) => {
+                        encode_for(sink, &self.scope, ctx, &record, &emitted).map(|o| vec![o])
                     }
-                }
-                Some(name) => {
-                    let sink = self.sinks.iter().find(|s| &s.name == name).ok_or_else(|| {
+                    None => {
                         let known: Vec<&str> = self.sinks.iter().map(|s| s.name.as_str()).collect();
-                        Failure {
+                        Err(Failure {
                             reason: FailureReason::Route,
                             at: "route".to_string(),
                             message: format!(
                                 "no sink named `{name}` (sinks: {})",
                                 known.join(", ")
                             ),
-                        }
-                    })?;
-                    outputs.push(encode_for(sink, &self.scope, ctx, record)?);
+                        })
+                    }
+                },
+            };
+            match (encoded, emitted) {
+                (Ok(encoded), _) => outputs.extend(encoded),
+                (Err(failure), Some(emitted)) => {
+                    failed.push(FailedOutput::new(failure, emitted, &record))
                 }
+                (Err(failure), None) => return Err(failure),
             }
         }
-        Ok(outputs)
+        Ok(Produced { outputs, failed })
     }
 
     /// The operator graph, as `millrace validate` prints it.
@@ -658,6 +813,7 @@ fn encode_for(
     scope: &Scope,
     ctx: &StepContext<'_>,
     record: &Record,
+    emitted: &Option<Emitted>,
 ) -> Result<Output, Failure> {
     let key = match &sink.key {
         None => record.key.clone(),
@@ -685,6 +841,7 @@ fn encode_for(
         key,
         payload,
         timestamp: record.timestamp,
+        emitted: emitted.clone(),
     })
 }
 
@@ -713,6 +870,13 @@ mod tests {
             &mut crate::state::NoStores { task: 1 },
         )
         .expect("no state involved")
+        .map(outputs_only)
+    }
+
+    /// The outputs of a record none of whose outputs failed.
+    fn outputs_only(produced: Produced) -> Vec<Output> {
+        assert_eq!(produced.failed, []);
+        produced.outputs
     }
 
     fn origin() -> Origin {
@@ -935,6 +1099,7 @@ sinks:
                 &mut crate::state::NoStores { task: 0 },
             )
             .unwrap()
+            .map(outputs_only)
             .unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].key.as_deref(), Some(&b"bed-7"[..]));
@@ -977,6 +1142,135 @@ sinks: {out: {topic: out}}
         };
         p.process(&origin, Some(key), payload, Some(5), stores)
             .expect("memory stores do not fail")
+            .map(outputs_only)
+    }
+
+    fn process_record(
+        p: &mut Pipeline,
+        stores: &mut crate::state::MemStores,
+        key: &str,
+        value: &str,
+    ) -> Result<Produced, Failure> {
+        let origin = Origin {
+            topic: "in".into(),
+            partition: 0,
+            offset: 1,
+        };
+        p.process(
+            &origin,
+            Some(key.as_bytes()),
+            Some(value.as_bytes()),
+            Some(5),
+            stores,
+        )
+        .expect("memory stores do not fail")
+    }
+
+    /// The (key, start, count) of window results.
+    fn results(outputs: &[Output]) -> Vec<(String, i64, i64)> {
+        outputs
+            .iter()
+            .map(|o| {
+                let v: serde_json::Value = serde_json::from_slice(&o.payload).expect("json");
+                (
+                    v["key"].as_str().unwrap_or_default().to_string(),
+                    v["start"].as_i64().unwrap_or(-1),
+                    v["count"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect()
+    }
+
+    const WINDOW_ROUTED: &str = r#"
+pipeline: p
+sources: [{topic: in}]
+steps:
+  - filter: "value.t >= 0"
+  - window: {type: tumbling, size: 10s, time: value.t, aggregates: [count]}
+  - route: 'value.key == "bad" ? "nowhere" : "out"'
+sinks: {out: {topic: out}}
+"#;
+
+    #[test]
+    fn a_window_result_that_fails_is_dead_lettered_alone_and_the_window_closes() {
+        let mut p = pipeline(WINDOW_ROUTED);
+        let mut stores = crate::state::MemStores::default();
+        for (key, t) in [("bad", 1), ("bad", 2), ("good", 3)] {
+            let produced = process_record(&mut p, &mut stores, key, &format!(r#"{{"t": {t}}}"#));
+            assert_eq!(produced, Ok(Produced::default()), "windows open");
+        }
+        // Closes both windows: good's result flows, bad's fails alone.
+        let closing = process_record(&mut p, &mut stores, "good", r#"{"t": 10000}"#)
+            .expect("not the input's failure");
+        assert_eq!(results(&closing.outputs), [("good".to_string(), 0, 1)]);
+        assert_eq!(closing.outputs[0].emitted.as_ref().map(|e| e.step), Some(1));
+        let [failed] = closing.failed.as_slice() else {
+            panic!("one failed output: {closing:?}");
+        };
+        assert_eq!(failed.failure.reason, FailureReason::Route);
+        assert_eq!(failed.emitted.step_name(), "steps[1] (window)");
+        assert_eq!(failed.emitted.key.as_deref(), Some(&b"bad"[..]));
+        assert_eq!(failed.emitted.window, Some((0, 10_000)));
+        assert_eq!(failed.timestamp, Some(10_000));
+        let value: serde_json::Value = serde_json::from_slice(&failed.payload).expect("json");
+        assert_eq!(value["count"], 2);
+        // The close committed: later records of the partition go on, and
+        // the window does not come back.
+        let later = process_record(&mut p, &mut stores, "good", r#"{"t": 10001}"#);
+        assert_eq!(later, Ok(Produced::default()));
+        // A failure before the window is still the input's.
+        let input = process_record(&mut p, &mut stores, "good", r#"{"t": "x"}"#);
+        assert_eq!(
+            input.map_err(|f| f.at),
+            Err("steps[0] (filter)".to_string())
+        );
+    }
+
+    #[test]
+    fn a_failing_timer_output_does_not_hold_back_the_others() {
+        let mut p = pipeline(
+            r#"
+pipeline: p
+sources: [{topic: in}]
+steps:
+  - stale: {after: 1s}
+  - set: {n: 'value.key == "eval" ? value.missing : 1'}
+  - route: 'value.key == "bad" ? "nowhere" : "out"'
+sinks: {out: {topic: out}}
+"#,
+        );
+        let mut stores = crate::state::MemStores::default();
+        for key in ["bad", "eval", "good"] {
+            assert_eq!(
+                process_record(&mut p, &mut stores, key, "{}"),
+                Ok(Produced::default())
+            );
+        }
+        let ticked = p
+            .tick(0, 10_000, &mut stores)
+            .expect("memory stores")
+            .expect("not the timer's own failure");
+        assert_eq!(ticked.outputs.len(), 1, "{ticked:?}");
+        let failed: Vec<(FailureReason, &str)> = ticked
+            .failed
+            .iter()
+            .map(|f| (f.failure.reason, f.failure.at.as_str()))
+            .collect();
+        assert_eq!(
+            failed,
+            [
+                (FailureReason::Eval, "steps[1] (set)"),
+                (FailureReason::Route, "route")
+            ]
+        );
+        // The timer's state committed: nothing fires again.
+        let again = p.tick(0, 11_000, &mut stores).expect("memory stores");
+        assert_eq!(again, Ok(Produced::default()));
+        // A record of a stale key triggers an event from state: a failure
+        // on it is that output's too, and the record's other effects stand.
+        let resumed = process_record(&mut p, &mut stores, "bad", "{}").expect("not the input's");
+        assert_eq!(resumed.failed.len(), 1);
+        assert_eq!(resumed.failed[0].emitted.step_name(), "steps[0] (stale)");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! One OS thread owns the consumer, the transactional producer and the
 //! pipeline. Each turn of its loop reads one record, runs it through the
-//! pipeline, produces the outputs (or the dead letter) inside the open
-//! transaction and notes the consumed offset there too; every
+//! pipeline, produces the outputs and dead letters (the input's, or those
+//! of single failed outputs; see [`crate::pipeline`]) inside the open
+//! transaction and notes the consumed offset there too; nothing the broker
+//! would refuse enters it (see [`limits`]); every
 //! `commit.interval` the transaction commits outputs and offsets at once
 //! (see [`transaction`]). When anything goes wrong with the clients, the
 //! open transaction is aborted and both clients are rebuilt, so processing
@@ -13,6 +15,7 @@
 
 mod clients;
 pub mod dead_letter;
+pub mod limits;
 mod rebalance;
 mod tables;
 pub mod transaction;
@@ -31,6 +34,8 @@ use rdkafka::{Offset, TopicPartitionList};
 use tracing::{debug, error, info, warn};
 
 pub use clients::admin as admin_client_config;
+use dead_letter::{DeadLetter, Trigger};
+use limits::{Limits, now_ms};
 use rebalance::{EosContext, lock, lock_gate};
 use tables::TableGate;
 use transaction::{DeliveryLog, Transaction, TxnError};
@@ -39,7 +44,7 @@ use crate::avro::RegisterError;
 use crate::config::{Guarantee, PipelineConfig};
 use crate::metrics::Metrics;
 use crate::ops::Health;
-use crate::pipeline::{Failure, FailureReason, Output, Pipeline, ProcessError};
+use crate::pipeline::{Pipeline, ProcessError, Produced};
 use crate::state::manager::StateManager;
 use crate::state::rocks::StateEnv;
 use crate::state::{NoStores, TaskStores};
@@ -50,9 +55,6 @@ use crate::steps::Origin;
 const CLOCK_EVERY: u32 = 64;
 /// How long one poll waits for a record when none is buffered.
 const POLL_WAIT: Duration = Duration::from_millis(20);
-/// Bytes librdkafka adds around a record; kept free under
-/// `message.max.bytes` when checking output sizes.
-const RECORD_OVERHEAD: usize = 512;
 /// Longest a task's streams wait for its tables to be read to the end.
 const TABLE_WAIT: Duration = Duration::from_secs(120);
 /// How often the steps' timers run.
@@ -369,7 +371,7 @@ fn run_once(
         pipeline,
         txn: &txn,
         tables: &tables,
-        max_bytes: max_bytes.saturating_sub(RECORD_OVERHEAD),
+        limits: Limits::new(max_bytes),
         metrics,
         held: BTreeSet::new(),
         resume_at: None,
@@ -402,7 +404,7 @@ struct Worker<'a> {
     pipeline: &'a mut Pipeline,
     txn: &'a Mutex<Option<Transaction>>,
     tables: &'a Mutex<TableGate>,
-    max_bytes: usize,
+    limits: Limits,
     metrics: &'a Metrics,
     /// Partitions paused because a record of theirs waits for the schema
     /// registry, and when to resume them.
@@ -545,14 +547,14 @@ impl Worker<'_> {
     }
 
     /// Runs the steps' timers for every task this instance owns. What they
-    /// emit and write joins the open transaction. A failing timer (say, an
-    /// output for a sink that does not exist) has no input record to
-    /// dead-letter: its writes are undone, it is logged, and it fires
-    /// again next time.
+    /// emit and write joins the open transaction; an output that fails on
+    /// its way to a sink is dead-lettered alone and the timer's state
+    /// commits. A timer that fails itself (or whose state would not fit in
+    /// a changelog record) has nothing to dead-letter: its writes are
+    /// undone, it is logged, and it fires again next time.
     fn tick(&mut self) -> anyhow::Result<()> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = now_ms();
+        let pipeline_name = &self.config.pipeline;
         let mut slot = lock(self.txn);
         let txn = slot
             .as_mut()
@@ -569,24 +571,20 @@ impl Worker<'_> {
             let result = self
                 .pipeline
                 .tick(task, now, state.task_stores(task)?)?
-                .and_then(|outputs| check_outputs(outputs, self.max_bytes));
+                .and_then(|produced| self.limits.check_outputs(produced, now))
+                .and_then(|produced| {
+                    self.limits.check_state(state, task)?;
+                    Ok(produced)
+                });
             state.end_savepoint(task, result.is_ok());
             let wrote = state.pending_bytes() != before;
             match result {
-                Ok(outputs) => {
+                Ok(produced) => {
                     if wrote {
                         txn.ensure_open()?;
                     }
-                    for out in outputs {
-                        txn.send(
-                            &out.topic,
-                            out.key.as_deref(),
-                            Some(&out.payload),
-                            out.timestamp,
-                            None,
-                        )?;
-                        txn.count_output(&out.topic);
-                    }
+                    let trigger = Trigger::Timer { task, now_ms: now };
+                    self.send(txn, produced, pipeline_name, trigger)?;
                 }
                 Err(failure) => warn!(
                     task,
@@ -600,9 +598,64 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Processes one record: its outputs, or its dead letter, and its offset,
-    /// all into the open transaction. `false`: the record waits for the
-    /// schema registry (see [`Worker::hold_back`]) and will be read again.
+    /// Produces what a record or a timer produced: its outputs, and each
+    /// failed output as a dead letter of its own.
+    fn send(
+        &self,
+        txn: &mut Transaction,
+        produced: Produced,
+        pipeline_name: &str,
+        trigger: Trigger<'_>,
+    ) -> Result<(), TxnError> {
+        for out in produced.outputs {
+            txn.send(
+                &out.topic,
+                out.key.as_deref(),
+                Some(&out.payload),
+                out.timestamp,
+                None,
+            )?;
+            txn.count_output(&out.topic);
+        }
+        for failed in &produced.failed {
+            let letter = DeadLetter::of_output(pipeline_name, trigger, failed);
+            let counted_as = match trigger {
+                Trigger::Record { origin, .. } => origin.topic.as_str(),
+                Trigger::Timer { .. } => dead_letter::TIMER_TOPIC_LABEL,
+            };
+            self.send_dead_letter(txn, letter)?;
+            txn.count_dead_letter(counted_as, failed.failure.reason.as_str());
+        }
+        Ok(())
+    }
+
+    /// Produces a dead letter, cut first to what the broker accepts.
+    fn send_dead_letter(
+        &self,
+        txn: &mut Transaction,
+        mut letter: DeadLetter,
+    ) -> Result<(), TxnError> {
+        letter.fit(self.limits.record_bytes(), now_ms());
+        if letter.header(dead_letter::header::TRUNCATED).is_some() {
+            warn!(
+                size = letter.size(),
+                limit = self.limits.record_bytes(),
+                "a dead letter was cut to fit the producer's message.max.bytes"
+            );
+        }
+        txn.send(
+            self.pipeline.dead_letter_topic(),
+            letter.key.as_deref(),
+            letter.payload.as_deref(),
+            letter.timestamp,
+            Some(letter.owned_headers()),
+        )
+    }
+
+    /// Processes one record: its outputs and dead letters, or its own dead
+    /// letter, and its offset, all into the open transaction. `false`: the
+    /// record waits for the schema registry (see [`Worker::hold_back`]) and
+    /// will be read again.
     fn handle(
         &mut self,
         consumer: &BaseConsumer<EosContext>,
@@ -615,7 +668,6 @@ impl Worker<'_> {
         };
         let timestamp = message.timestamp().to_millis();
         let pipeline_name = &self.config.pipeline;
-        let dead_letter_topic = self.pipeline.dead_letter_topic().to_string();
         let mut slot = lock(self.txn);
         let txn = slot
             .as_mut()
@@ -636,7 +688,7 @@ impl Worker<'_> {
             self.pipeline
                 .process(&origin, message.key(), message.payload(), timestamp, stores);
         let result = match processed {
-            Ok(result) => result.and_then(|outputs| check_outputs(outputs, self.max_bytes)),
+            Ok(result) => result.and_then(|produced| self.limits.check_outputs(produced, now_ms())),
             Err(ProcessError::State(e)) => return Err(e.into()),
             Err(ProcessError::RegistryUnavailable { message, retry_in }) => {
                 if let Some(state) = txn.state_mut() {
@@ -647,38 +699,39 @@ impl Worker<'_> {
                 return Ok(false);
             }
         };
-        // A dead-lettered record leaves no trace in state either.
-        if let Some(state) = txn.state_mut() {
-            state.end_savepoint(origin.partition, result.is_ok());
-        }
+        // A dead-lettered record leaves no trace in state either; nor does
+        // one whose state would not fit in a changelog record (the commit
+        // would fail on it forever).
+        let result = match txn.state_mut() {
+            Some(state) => {
+                let result = result.and_then(|produced| {
+                    self.limits.check_state(state, origin.partition)?;
+                    Ok(produced)
+                });
+                state.end_savepoint(origin.partition, result.is_ok());
+                result
+            }
+            None => result,
+        };
         match result {
-            Ok(outputs) => {
-                for out in outputs {
-                    txn.send(
-                        &out.topic,
-                        out.key.as_deref(),
-                        Some(&out.payload),
-                        out.timestamp,
-                        None,
-                    )?;
-                    txn.count_output(&out.topic);
-                }
+            Ok(produced) => {
+                let trigger = Trigger::Record {
+                    origin: &origin,
+                    timestamp,
+                };
+                self.send(txn, produced, pipeline_name, trigger)?;
             }
             Err(failure) => {
-                let headers = dead_letter::headers(
+                let letter = DeadLetter::of_input(
                     pipeline_name,
                     &origin,
                     timestamp,
                     &failure,
-                    message.headers(),
-                );
-                txn.send(
-                    &dead_letter_topic,
                     message.key(),
                     message.payload(),
-                    timestamp,
-                    Some(headers),
-                )?;
+                    message.headers(),
+                );
+                self.send_dead_letter(txn, letter)?;
                 txn.count_dead_letter(&origin.topic, failure.reason.as_str());
             }
         }
@@ -754,80 +807,7 @@ impl Worker<'_> {
     }
 }
 
-/// How far ahead of the clock an output's timestamp may be. Brokers refuse
-/// records beyond `message.timestamp.after.max.ms`, one hour by default
-/// since Kafka 4.0 (KIP-937).
-const MAX_TIMESTAMP_AHEAD_MS: i64 = 60 * 60 * 1_000;
-
-/// Outputs the broker would refuse — too large for the producer, or
-/// timestamped too far in the future — send the input record to the
-/// dead-letter topic instead; otherwise the transaction would abort forever
-/// on the same record. (The record's state writes are rolled back with it,
-/// so a window it would have closed closes with a later record.)
-fn check_outputs(outputs: Vec<Output>, max_bytes: usize) -> Result<Vec<Output>, Failure> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    for out in &outputs {
-        if let Some(t) = out.timestamp
-            && t > now + MAX_TIMESTAMP_AHEAD_MS
-        {
-            return Err(Failure {
-                reason: FailureReason::Encode,
-                at: format!("output to {}", out.topic),
-                message: format!(
-                    "the output's timestamp {t} is {} s ahead of the clock; brokers refuse \
-                     records more than an hour ahead (message.timestamp.after.max.ms)",
-                    (t - now) / 1_000
-                ),
-            });
-        }
-        let size = out.payload.len() + out.key.as_ref().map_or(0, Vec::len);
-        if size > max_bytes {
-            return Err(Failure {
-                reason: FailureReason::Encode,
-                at: format!("output to {}", out.topic),
-                message: format!(
-                    "the output record is {size} bytes; the producer's limit is {max_bytes}"
-                ),
-            });
-        }
-    }
-    Ok(outputs)
-}
-
 /// Logs an error that ends the process.
 pub fn report_fatal(e: &anyhow::Error) {
     error!(error = %format!("{e:#}"), "pipeline stopped");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn output(bytes: usize, timestamp: Option<i64>) -> Output {
-        Output {
-            topic: "out".into(),
-            key: None,
-            payload: vec![b'x'; bytes],
-            timestamp,
-        }
-    }
-
-    #[test]
-    fn outputs_a_broker_would_refuse_become_dead_letters() {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        assert!(check_outputs(vec![output(10, Some(now)), output(10, None)], 100).is_ok());
-        let too_big = check_outputs(vec![output(101, Some(now))], 100).unwrap_err();
-        assert_eq!(too_big.reason, FailureReason::Encode);
-        assert!(too_big.message.contains("101 bytes"), "{}", too_big.message);
-        let ahead = check_outputs(vec![output(10, Some(now + 2 * 3_600_000))], 100).unwrap_err();
-        assert!(
-            ahead.message.contains("ahead of the clock"),
-            "{}",
-            ahead.message
-        );
-    }
 }

@@ -208,8 +208,9 @@ impl Transaction {
                     self.producer.poll(Duration::ZERO);
                     std::thread::sleep(DELIVERY_WAIT);
                 }
-                // Oversized outputs are dead-lettered before this point, so a
-                // refusal here is not about the record: rebuild and retry.
+                // Every record is checked against the producer's limits
+                // before this point (see `super::limits`), so a refusal here
+                // is not about the record: rebuild and retry.
                 Err((e, back)) => {
                     let partition = back.partition.map(|p| format!("[{p}]")).unwrap_or_default();
                     return Err(TxnError::Aborted(format!(

@@ -248,6 +248,15 @@ impl StateManager {
         }
     }
 
+    /// A write of `task` since its savepoint that would not fit in a
+    /// changelog record of `limit` bytes, as (store, bytes); see
+    /// [`TaskState::oversized_write`].
+    pub fn oversized_write(&self, task: i32, limit: usize) -> Option<(String, usize)> {
+        let state = self.tasks.get(&task)?;
+        let (store, bytes) = state.oversized_write(limit)?;
+        Some((store.to_string(), bytes))
+    }
+
     /// Bytes buffered by the open transaction, over all tasks.
     pub fn pending_bytes(&self) -> usize {
         self.tasks.values().map(TaskState::pending_bytes).sum()

@@ -156,6 +156,24 @@ impl TaskState {
         }
     }
 
+    /// The largest write since [`savepoint`](Self::savepoint) whose
+    /// changelog record (key and value) would exceed `limit` bytes, as
+    /// (store, bytes). Such a record could never be produced: the
+    /// transaction would abort at every commit.
+    pub fn oversized_write(&self, limit: usize) -> Option<(&str, usize)> {
+        self.stores
+            .values()
+            .flat_map(|store| {
+                let touched = store.journal.iter().flat_map(|j| &j.before);
+                touched.filter_map(move |(key, _)| {
+                    let value = store.pending.get(key)?.as_ref().map_or(0, Vec::len);
+                    let bytes = key.len() + value;
+                    (bytes > limit).then_some((store.name.as_str(), bytes))
+                })
+            })
+            .max_by_key(|(_, bytes)| *bytes)
+    }
+
     /// Undoes the writes made since [`savepoint`](Self::savepoint).
     pub fn rollback(&mut self) {
         for store in self.stores.values_mut() {
@@ -273,6 +291,29 @@ mod tests {
             task.store("s").unwrap().get(b"d").unwrap(),
             Some(b"5".to_vec())
         );
+    }
+
+    #[test]
+    fn writes_too_large_for_a_changelog_record_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = StateEnv::new(8 << 20, 8 << 20);
+        let names = vec!["a".to_string(), "b".to_string()];
+        let db = TaskDb::open(&env, dir.path(), &names).unwrap();
+        let mut task = TaskState::new(0, db, &names);
+        // Before the savepoint: not this record's doing.
+        task.store("a").unwrap().put(b"old", &[0; 100]);
+        task.savepoint();
+        assert_eq!(task.oversized_write(50), None);
+        task.store("a").unwrap().put(b"k", &[0; 20]);
+        task.store("b").unwrap().put(b"k", &[0; 60]);
+        task.store("b").unwrap().put(b"j", &[0; 70]);
+        assert_eq!(task.oversized_write(50), Some(("b", 71)));
+        // Overwritten smaller, or deleted, within the same record: fits.
+        task.store("b").unwrap().put(b"j", &[0; 10]);
+        task.store("b").unwrap().delete(b"k");
+        assert_eq!(task.oversized_write(50), None);
+        task.rollback();
+        assert_eq!(task.oversized_write(50), None);
     }
 
     #[test]

@@ -123,7 +123,27 @@ pub trait Operator: Send {
     fn stores(&self) -> Vec<String> {
         Vec::new()
     }
-    /// Processes one record, pushing what it emits onto `out`.
+    /// Whether what the step emits comes from its state (a window's
+    /// results, a running aggregate, a timer's events) rather than being
+    /// the record it was given, passed on. A later step's failure on such a
+    /// record is that output's own: it is dead-lettered alone and the state
+    /// that emitted it is kept (see [`crate::pipeline::Pipeline::process`]).
+    /// Undoing the state instead would undo, say, a window's close, which
+    /// every later record of the partition would then retry and fail again.
+    fn emits_state(&self) -> bool {
+        false
+    }
+
+    /// The window `[start, end)` (ms) a record this step emitted is the
+    /// result of, for the headers of its dead letter if it fails later.
+    fn window_of(&self, _emitted: &Record) -> Option<(i64, i64)> {
+        None
+    }
+
+    /// Processes one record, pushing what it emits onto `out`. A step that
+    /// fails must not have written state for the record (check first, then
+    /// write): a failure on an output of an earlier stateful step undoes
+    /// nothing (see [`emits_state`](Operator::emits_state)).
     fn process(
         &mut self,
         ctx: &mut StepContext<'_>,

@@ -151,6 +151,11 @@ impl Operator for Reduce {
         vec![self.store.clone()]
     }
 
+    /// Its results come from its state (see [`Operator::emits_state`]).
+    fn emits_state(&self) -> bool {
+        true
+    }
+
     fn process(
         &mut self,
         ctx: &mut StepContext<'_>,

@@ -96,6 +96,11 @@ impl Operator for Rpeaks {
         vec![self.store.clone()]
     }
 
+    /// Its events come from its state (see [`Operator::emits_state`]).
+    fn emits_state(&self) -> bool {
+        true
+    }
+
     fn process(
         &mut self,
         ctx: &mut StepContext<'_>,
@@ -193,6 +198,11 @@ impl Operator for Threshold {
 
     fn stores(&self) -> Vec<String> {
         vec![self.store.clone()]
+    }
+
+    /// Its events come from its state (see [`Operator::emits_state`]).
+    fn emits_state(&self) -> bool {
+        true
     }
 
     fn process(

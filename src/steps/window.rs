@@ -264,6 +264,19 @@ impl Operator for Window {
         vec![self.store.clone()]
     }
 
+    /// Its results come from its state (see [`Operator::emits_state`]).
+    fn emits_state(&self) -> bool {
+        true
+    }
+
+    /// Read back from the result's own `start` and `end` (see the output
+    /// shape in the module docs).
+    fn window_of(&self, emitted: &Record) -> Option<(i64, i64)> {
+        let start = emitted.value.get("start")?.as_i64()?;
+        let end = emitted.value.get("end")?.as_i64()?;
+        Some((start, end))
+    }
+
     fn process(
         &mut self,
         ctx: &mut StepContext<'_>,
