@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::admin::{TopicOutcome, create_topics};
 use crate::config::{self, PipelineConfig};
@@ -241,6 +241,9 @@ fn run(path: &Path) -> ExitCode {
 }
 
 async fn serve(config: PipelineConfig) -> ExitCode {
+    // Listen for SIGTERM before anything else, so that a stop requested
+    // while starting up is a clean stop, not death by the signal.
+    let shutdown = crate::ops::shutdown_signal();
     let metrics = Arc::new(Metrics::new());
     // A commit can legitimately block the loop for up to commit.timeout.
     let health = Arc::new(Health::new(config.commit.timeout * 2));
@@ -278,7 +281,7 @@ async fn serve(config: PipelineConfig) -> ExitCode {
     let mut done_rx = done_rx;
     let result = tokio::select! {
         result = &mut done_rx => result,
-        signal = shutdown_signal() => {
+        signal = shutdown => {
             info!(signal, "stopping: committing the open transaction and leaving the group");
             stop.store(true, Ordering::SeqCst);
             match tokio::time::timeout(shutdown_timeout, done_rx).await {
@@ -302,22 +305,6 @@ async fn serve(config: PipelineConfig) -> ExitCode {
         Err(_) => {
             error!("the pipeline thread ended without a result");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT with the signal's name.
-pub(crate) async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        },
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the pipeline");
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
         }
     }
 }

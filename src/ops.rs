@@ -126,6 +126,30 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     }
 }
 
+/// Resolves on SIGTERM or SIGINT with the signal's name. The handlers are
+/// installed when this is called, not when the future is first polled, so
+/// a signal that arrives in between is not lost (or fatal). Call it inside
+/// the async runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = &'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            (term, int) => {
+                let e = term.err().or(int.err()).map(|e| e.to_string());
+                tracing::warn!(error = ?e, "cannot listen for SIGTERM/SIGINT; only Ctrl-C stops the process");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

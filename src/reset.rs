@@ -209,9 +209,45 @@ pub async fn reset(
         crate::admin::create_changelog_topics(config, &names, partitions)
             .await
             .with_context(|| format!("creating the changelog topics again; {again}"))?;
+        wait_listed(config, &changelogs)
+            .await
+            .with_context(|| format!("waiting for the new changelog topics; {again}"))?;
     }
     writeln!(report, "done")?;
     Ok(report)
+}
+
+/// Waits until the broker's metadata lists `topics`, so the next `run`
+/// sees them.
+async fn wait_listed(config: &PipelineConfig, topics: &[String]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = admin_client_config(config).create()?;
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, TIMEOUT)
+            .context("reading metadata")?;
+        let missing: Vec<&str> = topics
+            .iter()
+            .map(String::as_str)
+            .filter(|name| {
+                !metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == *name && t.error().is_none())
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "not listed {TIMEOUT:?} after creation: {}",
+                missing.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Deletes topics and waits until the broker's metadata no longer lists

@@ -421,6 +421,13 @@ impl Millrace {
 
     /// SIGTERM, then waits for the exit; returns the exit code.
     pub fn terminate(&mut self, within: Duration) -> anyhow::Result<Option<i32>> {
+        // A process signalled in the first milliseconds after its start,
+        // before it listens for SIGTERM, dies of the signal: wait until its
+        // HTTP endpoint (bound after the handler) answers.
+        let listening_by = Instant::now() + Duration::from_secs(30);
+        while self.is_running() && self.get("/healthz").is_err() && Instant::now() < listening_by {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let Some(mut child) = self.child.take() else {
             bail!("not running");
         };

@@ -150,7 +150,22 @@ fn recreate(topic: &str) -> anyhow::Result<()> {
     for r in rt.block_on(admin.create_topics([&new], &options))? {
         r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
     }
-    Ok(())
+    // Listed before the pipeline looks for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        if metadata
+            .topics()
+            .iter()
+            .any(|t| t.error().is_none() && !t.partitions().is_empty())
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{topic} not listed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Writes `n` records under keys the test never sends into a changelog,

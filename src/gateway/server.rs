@@ -221,8 +221,9 @@ async fn serve_http(gateway: Arc<Gateway>, shutdown_tx: watch::Sender<bool>) -> 
         info!(%addr, topics = config.topics.len(), "gateway listening");
     }
     let timeout = config.shutdown.timeout;
+    let shutdown = crate::ops::shutdown_signal();
     tokio::spawn(async move {
-        let name = shutdown_signal().await;
+        let name = shutdown.await;
         info!(signal = name, "stopping: telling subscribers to reconnect");
         // Subscriptions end with a `disconnect` message, then their
         // connections close.
@@ -352,21 +353,5 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
                 waiting.join(", ")
             ),
         )
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT with the signal's name.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-        },
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the gateway");
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
-        }
     }
 }

@@ -85,7 +85,7 @@ pub fn main(args: GenArgs) -> ExitCode {
     };
     let flag = stop.clone();
     runtime.spawn(async move {
-        let signal = crate::cli::shutdown_signal().await;
+        let signal = crate::ops::shutdown_signal().await;
         info!(signal, "stopping the generator");
         flag.store(true, Ordering::SeqCst);
     });

@@ -57,7 +57,7 @@ pub async fn serve(config: RegistryConfig) -> anyhow::Result<()> {
             .await
     });
 
-    let signal = crate::cli::shutdown_signal();
+    let signal = crate::ops::shutdown_signal();
     tokio::pin!(signal);
     let stop = Arc::new(AtomicBool::new(false));
 

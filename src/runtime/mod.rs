@@ -266,6 +266,24 @@ fn refuse_if_state_was_lost(
         .elements()
         .iter()
         .any(|e| matches!(e.offset(), Offset::Offset(_)));
+    // A changelog created a moment ago (by `millrace reset`, say) may not
+    // be in the broker's metadata yet: look again before refusing.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while has_offsets && Instant::now() < deadline {
+        let listed = admin
+            .fetch_metadata(None, Timeout::After(Duration::from_secs(30)))
+            .context("reading metadata")?;
+        let all_there = missing.iter().all(|m| {
+            listed
+                .topics()
+                .iter()
+                .any(|t| t.name() == m.as_str() && t.error().is_none())
+        });
+        if all_there {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     if has_offsets {
         let names: Vec<&str> = missing.iter().map(|t| t.as_str()).collect();
         bail!(
