@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod gateway;
+pub mod keyed;
 
 use anyhow::{Context, bail};
 use rdkafka::ClientConfig;

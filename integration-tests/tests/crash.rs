@@ -1,7 +1,8 @@
 //! Exactly-once under SIGKILL: the `millrace` process is killed at random
 //! moments while input keeps arriving, and restarted each time. The
 //! committed output must equal the expected output exactly: no record
-//! missing, none duplicated, order kept per key.
+//! missing, none duplicated, order kept per key; and every poison record
+//! (not JSON) is in the dead-letter topic exactly once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,9 +20,15 @@ const DEVICES: u64 = 128;
 const PARTITIONS: i32 = 4;
 const MIN_KILLS: usize = 10;
 
+/// Whether `n` is sent as a poison record (not JSON), which must reach the
+/// dead-letter topic exactly once, killed or not.
+fn poison(n: u64) -> bool {
+    n % 101 == 50
+}
+
 /// Whether `n` passes the pipeline's filter (the test's own reference).
 fn kept(n: u64) -> bool {
-    n % 7 != 3
+    n % 7 != 3 && !poison(n)
 }
 
 fn device(n: u64) -> String {
@@ -84,8 +91,12 @@ http:
             while n < RECORDS {
                 let records: Vec<(Option<String>, Vec<u8>)> = (n..(n + batch).min(RECORDS))
                     .map(|i| {
-                        let value = serde_json::json!({"n": i, "device": device(i)});
-                        (Some(device(i)), value.to_string().into_bytes())
+                        let value = if poison(i) {
+                            format!("not json {i}")
+                        } else {
+                            serde_json::json!({"n": i, "device": device(i)}).to_string()
+                        };
+                        (Some(device(i)), value.into_bytes())
                     })
                     .collect();
                 rt.block_on(produce(&p, &input, &records))?;
@@ -180,9 +191,23 @@ http:
     );
     assert_eq!(records.len(), expected);
     assert!(kills >= MIN_KILLS);
-    assert!(
-        read_committed(&dead)?.is_empty(),
-        "no dead letters expected"
+    // Dead letters are exactly-once too: every poison record, once.
+    let mut dead_letters: HashMap<u64, usize> = HashMap::new();
+    for m in read_committed(&dead)? {
+        let text = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+        let n: u64 = text
+            .strip_prefix("not json ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected dead letter {text:?}"));
+        *dead_letters.entry(n).or_default() += 1;
+    }
+    let expected_dead: HashMap<u64, usize> = (0..RECORDS)
+        .filter(|n| poison(*n))
+        .map(|n| (n, 1))
+        .collect();
+    assert_eq!(
+        dead_letters, expected_dead,
+        "each poison record dead-lettered once"
     );
     Ok(())
 }

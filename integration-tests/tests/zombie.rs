@@ -14,14 +14,11 @@
 //! go on, exactly.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use millrace_integration_tests::keyed::{Feed, check_counts};
 use millrace_integration_tests::{
-    Millrace, create_topics, group_caught_up, produce_to, producer, progress, read_committed,
-    unique,
+    Millrace, create_topics, group_caught_up, progress, read_committed, unique,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -192,37 +189,6 @@ impl Pair {
     }
 }
 
-/// Feeds 20 records every 100 ms, round-robin over [`KEYS`] keys, until
-/// `feeding` is cleared; counts what it sent per key.
-fn feed(
-    input: &str,
-    feeding: Arc<AtomicBool>,
-    sent: Arc<Mutex<BTreeMap<String, i64>>>,
-) -> JoinHandle<anyhow::Result<()>> {
-    let input = input.to_string();
-    std::thread::spawn(move || -> anyhow::Result<()> {
-        let rt = tokio::runtime::Runtime::new()?;
-        let p = producer();
-        let mut i = 0usize;
-        while feeding.load(Ordering::SeqCst) {
-            let batch: Vec<(String, i32, Vec<u8>)> = (0..20)
-                .map(|j| {
-                    let k = (i + j) % KEYS;
-                    (format!("k{k}"), (k as i32) % PARTITIONS, b"{}".to_vec())
-                })
-                .collect();
-            rt.block_on(produce_to(&p, &input, &batch))?;
-            let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
-            for (key, _, _) in &batch {
-                *sent.entry(key.clone()).or_default() += 1;
-            }
-            i += 20;
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(())
-    })
-}
-
 fn json(m: &OwnedMessage) -> serde_json::Value {
     serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default()
 }
@@ -237,39 +203,13 @@ fn counts_are_exact_through_pauses(
     only_a: bool,
 ) -> anyhow::Result<()> {
     let mut pair = Pair::start(prefix, "reduce: {}", timing)?;
-    let feeding = Arc::new(AtomicBool::new(true));
-    let sent: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
-    let feeder = feed(&pair.input, feeding.clone(), sent.clone());
+    let mut feed = Feed::start(&pair.input, KEYS, PARTITIONS, 20);
     pair.pause_in_turn(rounds, pause, only_a)?;
     std::thread::sleep(Duration::from_secs(3));
-    feeding.store(false, Ordering::SeqCst);
-    feeder.join().expect("feeder")?;
+    let sent = feed.stop()?;
     let records = pair.finish()?;
-
-    let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for m in &records {
-        let v = json(m);
-        seen.entry(v["key"].as_str().unwrap_or_default().to_string())
-            .or_default()
-            .push(v["count"].as_i64().unwrap_or(-1));
-    }
-    let sent = sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    for (key, n) in &sent {
-        let counts = seen.get(key).cloned().unwrap_or_default();
-        let expected: Vec<i64> = (1..=*n).collect();
-        let differences: Vec<(&i64, &i64)> = counts
-            .iter()
-            .zip(&expected)
-            .filter(|(a, b)| a != b)
-            .take(5)
-            .collect();
-        assert!(
-            counts == expected,
-            "{key}: {} outputs for {n} inputs; first differences (got, expected): \
-             {differences:?}\nlogs:\n{}",
-            counts.len(),
-            pair.logs()
-        );
+    if let Err(problems) = check_counts(&records, &sent) {
+        panic!("{problems}\nlogs:\n{}", pair.logs());
     }
     progress(&format!(
         "{} keys, {} records, counts exact",
@@ -300,12 +240,9 @@ fn a_transaction_the_broker_timed_out_is_abandoned_and_processing_goes_on() -> a
 #[test]
 fn a_resumed_zombie_commits_no_timer_output() -> anyhow::Result<()> {
     let mut pair = Pair::start("zombie-timer", "stale: {after: 3s}", &EXPELLED)?;
-    let feeding = Arc::new(AtomicBool::new(true));
-    let sent: Arc<Mutex<BTreeMap<String, i64>>> = Arc::default();
-    let feeder = feed(&pair.input, feeding.clone(), sent.clone());
+    let mut feed = Feed::start(&pair.input, KEYS, PARTITIONS, 20);
     pair.pause_in_turn(4, PAUSE, false)?;
-    feeding.store(false, Ordering::SeqCst);
-    feeder.join().expect("feeder")?;
+    feed.stop()?;
     // Every key goes quiet now, once: each is reported stale exactly once.
     let deadline = Instant::now() + Duration::from_secs(60);
     let events = loop {
