@@ -58,6 +58,12 @@ fn broker_sigkill_mid_transaction_loses_and_duplicates_nothing() -> anyhow::Resu
         outcome.faults.get("broker SIGKILL").copied(),
         Some(kills as u64)
     );
+    // Kills that land among open transactions make the pipeline rebuild
+    // its clients; none at all would mean they never reached it.
+    assert!(
+        outcome.client_rebuilds > 0,
+        "no broker kill reached the pipeline (no client rebuild)"
+    );
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use millrace_integration_tests::faults::report::{Header, Round, render};
-use millrace_integration_tests::faults::{Lab, Matrix, run_scenario};
+use millrace_integration_tests::faults::scenario::{Promise, run_promising};
+use millrace_integration_tests::faults::{Lab, Matrix};
 use millrace_integration_tests::{progress, repo_root};
 
 #[derive(Parser)]
@@ -30,6 +31,11 @@ struct Cli {
     /// Only these matrices (default: all three in turn).
     #[arg(long, value_enum)]
     matrix: Vec<Which>,
+    /// A control run: the pipeline at `commit.guarantee: at_least_once`,
+    /// where faults should show as duplicates; it succeeds when the check
+    /// sees them.
+    #[arg(long)]
+    at_least_once: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -82,7 +88,12 @@ fn main() -> anyhow::Result<()> {
         let n = rounds.len();
         let matrix = matrices[n % matrices.len()];
         let seed = base_seed.wrapping_add(n as u64);
-        let round = match run_scenario(&lab, matrix, faults_per_round(matrix), seed) {
+        let promise = if cli.at_least_once {
+            Promise::AtLeastOnce
+        } else {
+            Promise::ExactlyOnce
+        };
+        let round = match run_promising(&lab, matrix, faults_per_round(matrix), seed, promise) {
             Ok(outcome) => {
                 progress(&format!(
                     "round {}: {} — {}",
@@ -107,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         };
         rounds.push(round);
         let header = Header {
+            control: cli.at_least_once,
             command: command.clone(),
             started: started_text.clone(),
             elapsed: started.elapsed(),
@@ -119,11 +131,19 @@ fn main() -> anyhow::Result<()> {
     let all_exact = rounds
         .iter()
         .all(|r| matches!(r, Round::Done(o) if o.verdict.is_exact()));
-    anyhow::ensure!(
-        all_exact,
-        "not every round was exact: see {}",
-        report.display()
-    );
+    if cli.at_least_once {
+        anyhow::ensure!(
+            !all_exact,
+            "the control run's faults left no trace the check saw: see {}",
+            report.display()
+        );
+    } else {
+        anyhow::ensure!(
+            all_exact,
+            "not every round was exact: see {}",
+            report.display()
+        );
+    }
     Ok(())
 }
 
