@@ -153,6 +153,13 @@ pub fn render(header: &Header, rounds: &[Round]) -> String {
             }
         }
     }
+    let _ = writeln!(
+        md,
+        "\nClient rebuilds: times the pipeline process running at the end rebuilt its \
+         Kafka clients after an error (the metric starts again with every process, so \
+         pipeline-SIGKILL rounds show 0). Broker restarts: from SIGKILL to serving again, \
+         log recovery included."
+    );
     let failures: Vec<String> = rounds
         .iter()
         .enumerate()
@@ -184,8 +191,9 @@ pub fn render(header: &Header, rounds: &[Round]) -> String {
     }
     let _ = writeln!(
         md,
-        "\nReplay a round: `MILLRACE_FAULT_SEED=<seed>` with the test of its matrix \
-         (`cargo test --workspace --test faults`), or `scripts/soak --seed <seed>`."
+        "\nReplay a round's instants: `scripts/soak --seed <seed> --matrix \
+         pipeline|broker|network`, or `MILLRACE_FAULT_SEED=<seed>` with the test of its \
+         matrix (`cargo test --workspace --test faults`)."
     );
     md
 }

@@ -508,12 +508,42 @@ fn wait_flowing(millrace: &mut Millrace, input: &str) -> anyhow::Result<Duration
         if started.elapsed() > RECOVERY {
             bail!(
                 "the pipeline committed fewer than {FLOWING} records in {RECOVERY:?} after a \
-                 fault; log:\n{}",
+                 fault ({}); log:\n{}",
+                post_mortem(millrace, input),
                 millrace.log_tail(60)
             );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Keeps what a stuck pipeline leaves: its whole log, and the stacks of
+/// its threads (through gdb, when installed), in a directory that outlives
+/// the run; says where.
+fn post_mortem(millrace: &Millrace, input: &str) -> String {
+    let dir = std::env::temp_dir()
+        .join("millrace-faults")
+        .join(input.trim_end_matches("-in"));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return format!("no post-mortem: {e}");
+    }
+    let _ = std::fs::copy(millrace.log_path(), dir.join("millrace.log"));
+    if let Some(pid) = millrace.pid() {
+        let stacks = std::process::Command::new("gdb")
+            .args([
+                "-p",
+                &pid.to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt",
+            ])
+            .stdin(std::process::Stdio::null())
+            .output();
+        if let Ok(out) = stacks {
+            let _ = std::fs::write(dir.join("stacks.txt"), [out.stdout, out.stderr].concat());
+        }
+    }
+    format!("log and thread stacks kept in {}", dir.display())
 }
 
 fn wait_caught_up(
@@ -529,7 +559,8 @@ fn wait_caught_up(
         }
         if Instant::now() > deadline {
             bail!(
-                "the pipeline did not process all input within {CATCH_UP:?}; log:\n{}",
+                "the pipeline did not process all input within {CATCH_UP:?} ({}); log:\n{}",
+                post_mortem(millrace, input),
                 millrace.log_tail(60)
             );
         }
