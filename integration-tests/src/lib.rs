@@ -8,10 +8,13 @@
 //!    test run; `scripts/kafka stop` stops it).
 //!
 //! Every test makes its own topics with [`unique`] names, so tests run in
-//! parallel against one broker.
+//! parallel against one broker. The fault tests run a private broker of
+//! their own (see [`faults`]); the functions ending in `_on` take its
+//! address instead of the shared one.
 
 pub mod bench;
 pub mod compare;
+pub mod faults;
 pub mod process;
 pub mod registry;
 
@@ -125,8 +128,13 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates topics (name, partitions) and waits until their metadata is seen.
 pub async fn create_topics(topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    create_topics_on(bootstrap(), topics).await
+}
+
+/// [`create_topics`] on the broker at `bootstrap`.
+pub async fn create_topics_on(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
@@ -144,8 +152,15 @@ pub async fn create_topics(topics: &[(&str, i32)]) -> anyhow::Result<()> {
 
 /// A plain (non-transactional) producer for test input.
 pub fn producer() -> FutureProducer {
+    producer_on(bootstrap())
+}
+
+/// [`producer`] for the broker at `bootstrap`. Idempotent, and it retries
+/// for librdkafka's default 300 s, so test input survives a broker restart
+/// without gaps or duplicates.
+pub fn producer_on(bootstrap: &str) -> FutureProducer {
     ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
         .create()
@@ -213,8 +228,13 @@ pub async fn produce_to(
 /// (the last stable offset of every partition), as a `read_committed`
 /// consumer outside any group.
 pub fn read_committed(topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+    read_committed_on(bootstrap(), topic)
+}
+
+/// [`read_committed`] from the broker at `bootstrap`.
+pub fn read_committed_on(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("reader"))
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
@@ -261,12 +281,17 @@ pub fn read_committed(topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
 /// `topic` (it has processed all input). A broker too busy to answer in
 /// time counts as "not yet".
 pub fn group_caught_up(group: &str, topic: &str) -> bool {
-    check_caught_up(group, topic).unwrap_or(false)
+    group_caught_up_on(bootstrap(), group, topic)
 }
 
-fn check_caught_up(group: &str, topic: &str) -> anyhow::Result<bool> {
+/// [`group_caught_up`] on the broker at `bootstrap`.
+pub fn group_caught_up_on(bootstrap: &str, group: &str, topic: &str) -> bool {
+    check_caught_up(bootstrap, group, topic).unwrap_or(false)
+}
+
+fn check_caught_up(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<bool> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -329,21 +354,28 @@ pub struct Millrace {
     subcommand: &'static str,
     pub config: PathBuf,
     pub ops_port: u16,
+    /// What `MILLRACE_BOOTSTRAP` is set to: the shared broker, or a fault
+    /// test's private one (or its proxy).
+    bootstrap: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 /// The `millrace` binary under test: this package's `millrace-it`, which
 /// cargo builds (fresh) before it runs the package's tests. Test
-/// executables live in `target/<profile>/deps/`, the binary one level up.
+/// executables live in `target/<profile>/deps/`, the binary one level up;
+/// this package's own binaries (`millrace-soak`) sit beside it.
 pub fn millrace_bin() -> PathBuf {
     if let Ok(path) = std::env::var("MILLRACE_BIN") {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("path of the test executable");
-    let profile_dir = exe
+    let own_dir = exe.parent().expect("the executable's directory");
+    if own_dir.join("millrace-it").exists() {
+        return own_dir.join("millrace-it");
+    }
+    let profile_dir = own_dir
         .parent()
-        .and_then(Path::parent)
         .expect("test executable inside target/<profile>/deps");
     let bin = profile_dir.join("millrace-it");
     assert!(
@@ -368,16 +400,26 @@ pub fn write_config(yaml: &str) -> anyhow::Result<(tempfile::TempDir, PathBuf, u
 impl Millrace {
     /// Starts `millrace run` on a pipeline file (see [`write_config`]).
     pub fn start(yaml: &str) -> anyhow::Result<Millrace> {
-        Millrace::start_command("run", yaml)
+        Millrace::start_command("run", yaml, bootstrap())
+    }
+
+    /// Starts `millrace run` against the broker at `bootstrap` instead of
+    /// the shared test broker (a fault test's private broker or proxy).
+    pub fn start_on(bootstrap: &str, yaml: &str) -> anyhow::Result<Millrace> {
+        Millrace::start_command("run", yaml, bootstrap)
     }
 
     /// Starts `millrace gateway` on a gateway file (see [`write_config`];
     /// `{ops_port}` is meant for `http.listen`, which also serves `/readyz`).
     pub fn start_gateway(yaml: &str) -> anyhow::Result<Millrace> {
-        Millrace::start_command("gateway", yaml)
+        Millrace::start_command("gateway", yaml, bootstrap())
     }
 
-    fn start_command(subcommand: &'static str, yaml: &str) -> anyhow::Result<Millrace> {
+    fn start_command(
+        subcommand: &'static str,
+        yaml: &str,
+        bootstrap: &str,
+    ) -> anyhow::Result<Millrace> {
         let (dir, config, ops_port) = write_config(yaml)?;
         let log = dir.path().join("millrace.log");
         let mut m = Millrace {
@@ -385,6 +427,7 @@ impl Millrace {
             subcommand,
             config,
             ops_port,
+            bootstrap: bootstrap.to_string(),
             log,
             _dir: dir,
         };
@@ -401,7 +444,7 @@ impl Millrace {
         let child = Command::new(millrace_bin())
             .args([self.subcommand, "--config"])
             .arg(&self.config)
-            .env("MILLRACE_BOOTSTRAP", bootstrap())
+            .env("MILLRACE_BOOTSTRAP", &self.bootstrap)
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log)
