@@ -259,9 +259,22 @@ fn refuse_if_state_was_lost(
             }
         }
     }
-    let committed = lookup
-        .committed_offsets(sources, Duration::from_secs(30))
-        .with_context(|| format!("reading the committed offsets of group {group}"))?;
+    // A young broker answers "not coordinator" (or "loading") until its
+    // offsets topic is up: transient, so asked again for a while.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let committed = loop {
+        match lookup.committed_offsets(sources.clone(), Duration::from_secs(30)) {
+            Ok(committed) => break committed,
+            Err(e) if Instant::now() < deadline => {
+                debug!(error = %e, group, "committed offsets not readable yet; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the committed offsets of group {group}"));
+            }
+        }
+    };
     let has_offsets = committed
         .elements()
         .iter()
