@@ -209,45 +209,13 @@ pub async fn reset(
         crate::admin::create_changelog_topics(config, &names, partitions)
             .await
             .with_context(|| format!("creating the changelog topics again; {again}"))?;
-        wait_listed(config, &changelogs)
+        let admin: AdminClient<DefaultClientContext> = admin_client_config(config).create()?;
+        wait_until_listed(&admin, &changelogs, true)
             .await
             .with_context(|| format!("waiting for the new changelog topics; {again}"))?;
     }
     writeln!(report, "done")?;
     Ok(report)
-}
-
-/// Waits until the broker's metadata lists `topics`, so the next `run`
-/// sees them.
-async fn wait_listed(config: &PipelineConfig, topics: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = admin_client_config(config).create()?;
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    loop {
-        let metadata = admin
-            .inner()
-            .fetch_metadata(None, TIMEOUT)
-            .context("reading metadata")?;
-        let missing: Vec<&str> = topics
-            .iter()
-            .map(String::as_str)
-            .filter(|name| {
-                !metadata
-                    .topics()
-                    .iter()
-                    .any(|t| t.name() == *name && t.error().is_none())
-            })
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            bail!(
-                "not listed {TIMEOUT:?} after creation: {}",
-                missing.join(", ")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Deletes topics and waits until the broker's metadata no longer lists
@@ -264,26 +232,40 @@ async fn delete_topics(config: &PipelineConfig, topics: &[String]) -> anyhow::Re
             Err((name, code)) => bail!("deleting {name}: {code}"),
         }
     }
+    wait_until_listed(&admin, topics, false).await
+}
+
+/// Waits until the broker's metadata lists every one of `topics`
+/// (`listed`), or none of them: creation and deletion are asynchronous, and
+/// the next `run` must see what reset did.
+async fn wait_until_listed(
+    admin: &AdminClient<DefaultClientContext>,
+    topics: &[String],
+    listed: bool,
+) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + TIMEOUT;
     loop {
         let metadata = admin
             .inner()
             .fetch_metadata(None, TIMEOUT)
             .context("reading metadata")?;
-        let left: Vec<&str> = metadata
-            .topics()
+        let pending: Vec<&str> = topics
             .iter()
-            .filter(|t| t.error().is_none() && names.contains(&t.name()))
-            .map(|t| t.name())
+            .map(String::as_str)
+            .filter(|name| {
+                let present = metadata
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == *name && t.error().is_none());
+                present != listed
+            })
             .collect();
-        if left.is_empty() {
+        if pending.is_empty() {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
-            bail!(
-                "still listed {TIMEOUT:?} after deletion: {}",
-                left.join(", ")
-            );
+            let state = if listed { "not listed" } else { "still listed" };
+            bail!("{state} after {TIMEOUT:?}: {}", pending.join(", "));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
