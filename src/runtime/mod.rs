@@ -424,10 +424,42 @@ fn run_once(
         }
     }
     *lock(&txn) = None;
-    // Dropping the consumer closes it: it leaves the group, so another
-    // instance can take the partitions without waiting for a timeout.
-    drop(consumer);
+    close_consumer(consumer);
     result
+}
+
+/// Longest wait for the consumer to close (normally well under a second).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Closes the consumer, so it leaves the group and another instance can
+/// take the partitions without waiting for a session timeout — but never
+/// waits more than [`CLOSE_TIMEOUT`]. rust-rdkafka's close polls until
+/// librdkafka reports the consumer closed, with no bound, and after broker
+/// or network faults librdkafka can fail to report it: the instance then
+/// hung for good (seen in the soak after a `reset_peer`, and on SIGTERM
+/// right after a broker restart, where the shutdown timeout then failed the
+/// exit). The transaction is already gone; nothing of exactly-once depends
+/// on the close finishing. A close that does not finish is left behind on
+/// its thread; the session timeout expels that member.
+fn close_consumer(consumer: BaseConsumer<EosContext>) {
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("millrace-consumer-close".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = closed_tx.send(());
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start a thread to close the consumer; it was closed here, unbounded");
+        return;
+    }
+    if closed_rx.recv_timeout(CLOSE_TIMEOUT).is_err() {
+        warn!(
+            timeout = ?CLOSE_TIMEOUT,
+            "the consumer did not close in time; going on without it (the group expels it \
+             after session.timeout.ms)"
+        );
+    }
 }
 
 struct Worker<'a> {
