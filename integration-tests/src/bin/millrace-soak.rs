@@ -36,6 +36,11 @@ struct Cli {
     /// sees them.
     #[arg(long)]
     at_least_once: bool,
+    /// Faults per round, instead of each matrix's default (8 pipeline
+    /// kills, 3 broker kills, 6 network faults); more per round spends
+    /// less of the run on the checks between rounds.
+    #[arg(long)]
+    faults_per_round: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -51,7 +56,7 @@ fn faults_per_round(matrix: Matrix) -> usize {
     match matrix {
         Matrix::PipelineKill => 8,
         Matrix::BrokerKill => 3,
-        Matrix::Network => 5,
+        Matrix::Network => 6,
     }
 }
 
@@ -93,7 +98,14 @@ fn main() -> anyhow::Result<()> {
         } else {
             Promise::ExactlyOnce
         };
-        let round = match run_promising(&lab, matrix, faults_per_round(matrix), seed, promise) {
+        let round = match run_promising(
+            &lab,
+            matrix,
+            cli.faults_per_round
+                .unwrap_or_else(|| faults_per_round(matrix)),
+            seed,
+            promise,
+        ) {
             Ok(outcome) => {
                 progress(&format!(
                     "round {}: {} — {}",

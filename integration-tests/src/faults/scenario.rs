@@ -79,14 +79,23 @@ impl Matrix {
     }
 }
 
-/// The network faults, in the order a run cycles through them.
-pub const NETWORK_FAULTS: [&str; 5] = [
+/// The network faults, in the order a run cycles through them. The last is
+/// this single-node lab's form of a slow changelog leader: the pipeline is
+/// SIGKILLed, its local state deleted, and it restarts to restore the
+/// whole changelog through a slow, narrow link that is lifted mid-restore.
+pub const NETWORK_FAULTS: [&str; 6] = [
     "latency+jitter",
     "blackhole",
     "reset_peer",
     "bandwidth",
     "connection cut",
+    "slow restore",
 ];
+
+/// Of the pipeline SIGKILLs, one in this many is followed by a second kill
+/// while the restarted process starts up (joins, restores, opens its
+/// producer) rather than while it processes.
+const STARTUP_KILL_EVERY: u32 = 3;
 
 /// What the pipeline promises in a run: exactly-once (`commit.guarantee`'s
 /// default), or at-least-once, a control run showing that the check sees
@@ -314,7 +323,8 @@ pub fn run_promising(
         std::thread::spawn(move || feed(direct, input, stop))
     };
     let mut millrace = Millrace::start_on(&lab.pipeline_bootstrap, &yaml)?;
-    let injected = inject_all(lab, &mut millrace, &input, matrix, faults, seed);
+    let task_dirs = state.path().join(&name);
+    let injected = inject_all(lab, &mut millrace, &input, &task_dirs, matrix, faults, seed);
     stop.store(true, Ordering::SeqCst);
     let fed = feeder
         .join()
@@ -386,6 +396,7 @@ fn inject_all(
     lab: &Lab,
     millrace: &mut Millrace,
     input: &str,
+    state_dir: &std::path::Path,
     matrix: Matrix,
     faults: usize,
     seed: u64,
@@ -401,7 +412,17 @@ fn inject_all(
             Matrix::PipelineKill => {
                 millrace.kill()?;
                 millrace.restart()?;
-                "pipeline SIGKILL"
+                if rng.random_ratio(1, STARTUP_KILL_EVERY) {
+                    // Lands in start-up: the join, the restore, the
+                    // producer's init_transactions, the first poll.
+                    *counts.entry("pipeline SIGKILL").or_default() += 1;
+                    std::thread::sleep(Duration::from_millis(rng.random_range(0..2_500)));
+                    millrace.kill()?;
+                    millrace.restart()?;
+                    "pipeline SIGKILL at start-up"
+                } else {
+                    "pipeline SIGKILL"
+                }
             }
             Matrix::BrokerKill => {
                 lab.broker.kill()?;
@@ -411,7 +432,11 @@ fn inject_all(
             }
             Matrix::Network => {
                 let kind = NETWORK_FAULTS[n % NETWORK_FAULTS.len()];
-                network_fault(lab.proxy()?, kind, &mut rng)?;
+                if kind == "slow restore" {
+                    slow_restore(lab.proxy()?, millrace, state_dir, &mut rng)?;
+                } else {
+                    network_fault(lab.proxy()?, kind, &mut rng)?;
+                }
                 kind
             }
         };
@@ -489,6 +514,48 @@ fn network_fault(proxy: &Toxiproxy, kind: &str, rng: &mut StdRng) -> anyhow::Res
         }
         other => bail!("unknown network fault {other}"),
     }
+}
+
+/// A slow changelog leader, as one node can show it: the link narrowed and
+/// slowed, the pipeline SIGKILLed and its local state deleted, so the
+/// restart restores every task from the changelog through that link; the
+/// link is restored mid-restore.
+fn slow_restore(
+    proxy: &Toxiproxy,
+    millrace: &mut Millrace,
+    state_dir: &std::path::Path,
+    rng: &mut StdRng,
+) -> anyhow::Result<()> {
+    let streams = ["upstream", "downstream"];
+    for stream in streams {
+        proxy.add_toxic(
+            PROXY,
+            &format!("slow-latency-{stream}"),
+            "latency",
+            stream,
+            json!({"latency": 60, "jitter": 40}),
+        )?;
+        proxy.add_toxic(
+            PROXY,
+            &format!("slow-bandwidth-{stream}"),
+            "bandwidth",
+            stream,
+            json!({"rate": 256}),
+        )?;
+    }
+    millrace.kill()?;
+    match std::fs::remove_dir_all(state_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("deleting {}: {e}", state_dir.display()),
+    }
+    millrace.restart()?;
+    std::thread::sleep(Duration::from_millis(rng.random_range(6_000..12_000)));
+    for stream in streams {
+        proxy.remove_toxic(PROXY, &format!("slow-latency-{stream}"))?;
+        proxy.remove_toxic(PROXY, &format!("slow-bandwidth-{stream}"))?;
+    }
+    Ok(())
 }
 
 /// Waits until the pipeline has committed [`FLOWING`] more input records
