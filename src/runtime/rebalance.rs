@@ -14,6 +14,19 @@
 //! source to the same member, which joins and tables rely on, and it
 //! revokes everything (committing first) before anything is assigned, so
 //! no transaction is open while a new task restores.
+//!
+//! Restores run inside the assignment callback, so a long one must not
+//! cost the assignment. It cannot time a transaction out (none is open),
+//! and librdkafka does not enforce `max.poll.interval.ms` while the
+//! application is inside a *blocking* poll (`rd_kafka_app_poll_start` marks
+//! the consumer as polling; the processing loop always polls with a wait,
+//! `POLL_WAIT`). What can happen: another member joins during a restore
+//! longer than `max.poll.interval.ms` (the group's rebalance timeout), the
+//! group expels this member, and its assignment comes back *lost* — the
+//! lost-assignment path (abort, rejoin) handles that, and the restored
+//! rows stay in RocksDB with their changelog offset, so the next restore
+//! only reads the tail. `tests/faults.rs` ("slow restore") restores a whole
+//! changelog through a slowed link.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
