@@ -329,7 +329,11 @@ pub fn run_promising(
     let fed = feeder
         .join()
         .map_err(|_| anyhow::anyhow!("the feeder panicked"))?;
-    let (counts, broker_restarts) = injected?;
+    let Injected {
+        counts,
+        broker_restarts,
+        rebuilds_before_kills,
+    } = injected?;
     let fed = fed.context("feeding input")?;
     progress(&format!(
         "{}: faults done ({counts:?}), {fed} records fed; catching up",
@@ -337,7 +341,8 @@ pub fn run_promising(
     ));
 
     wait_caught_up(&direct, &name, &input, &mut millrace)?;
-    let client_rebuilds = millrace.metric("millrace_client_restarts_total")? as u64;
+    let client_rebuilds =
+        rebuilds_before_kills + millrace.metric("millrace_client_restarts_total")? as u64;
     millrace.stop_cleanly()?;
 
     // The final state, twice over: the local state is deleted, so the
@@ -387,7 +392,14 @@ pub fn run_promising(
     })
 }
 
-type Injected = (BTreeMap<&'static str, u64>, Vec<Duration>);
+/// What [`inject_all`] did.
+struct Injected {
+    counts: BTreeMap<&'static str, u64>,
+    broker_restarts: Vec<Duration>,
+    /// Client rebuilds counted by processes that were then SIGKILLed (a
+    /// restarted process counts from zero).
+    rebuilds_before_kills: u64,
+}
 
 /// Injects `faults` faults of `matrix`, each after a random stretch of
 /// normal work, and checks after each that the pipeline is still running
@@ -404,6 +416,7 @@ fn inject_all(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut broker_restarts = Vec::new();
+    let mut rebuilds_before_kills = 0;
     for n in 0..faults {
         let recovered = wait_flowing(millrace, input)?;
         let gap = Duration::from_millis(rng.random_range(500..4_000));
@@ -433,6 +446,7 @@ fn inject_all(
             Matrix::Network => {
                 let kind = NETWORK_FAULTS[n % NETWORK_FAULTS.len()];
                 if kind == "slow restore" {
+                    rebuilds_before_kills += rebuilds(millrace);
                     slow_restore(lab.proxy()?, millrace, state_dir, &mut rng)?;
                 } else {
                     network_fault(lab.proxy()?, kind, &mut rng)?;
@@ -454,7 +468,11 @@ fn inject_all(
             );
         }
     }
-    Ok((counts, broker_restarts))
+    Ok(Injected {
+        counts,
+        broker_restarts,
+        rebuilds_before_kills,
+    })
 }
 
 /// One network fault between the pipeline and the broker, held for a
@@ -514,6 +532,14 @@ fn network_fault(proxy: &Toxiproxy, kind: &str, rng: &mut StdRng) -> anyhow::Res
         }
         other => bail!("unknown network fault {other}"),
     }
+}
+
+/// The client rebuilds the running process has counted (0 when it does
+/// not answer yet).
+fn rebuilds(millrace: &Millrace) -> u64 {
+    millrace
+        .metric("millrace_client_restarts_total")
+        .unwrap_or(0.0) as u64
 }
 
 /// A slow changelog leader, as one node can show it: the link narrowed and
