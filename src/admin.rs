@@ -46,7 +46,7 @@ pub async fn create_topics(
             let mut topic = NewTopic::new(
                 name,
                 config.topics.partitions,
-                TopicReplication::Fixed(config.topics.replication_factor),
+                TopicReplication::Fixed(config.topics.replication()),
             );
             for (key, value) in &config.topics.config {
                 topic = topic.set(key, value);
@@ -119,7 +119,7 @@ pub async fn create_changelog_topics(
             NewTopic::new(
                 name,
                 partitions,
-                TopicReplication::Fixed(config.topics.replication_factor),
+                TopicReplication::Fixed(config.topics.replication()),
             )
             .set("cleanup.policy", "compact")
         })

@@ -853,18 +853,27 @@ impl Default for CommitConfig {
 pub struct TopicsConfig {
     /// Partitions for every topic the pipeline creates. Default 4.
     pub partitions: i32,
-    /// Replication factor. Default 1 (a single local broker); use 3 in
-    /// production.
-    pub replication_factor: i32,
+    /// Replication factor. Default: the broker's
+    /// `default.replication.factor` (1 on a single development broker, 3
+    /// on a production cluster), as Kafka Streams does since 3.0.
+    pub replication_factor: Option<i32>,
     /// Topic-level configs applied at creation (e.g. `retention.ms`).
     pub config: BTreeMap<String, String>,
+}
+
+impl TopicsConfig {
+    /// The replication factor to create topics with; -1 asks the broker
+    /// for its default.
+    pub fn replication(&self) -> i32 {
+        self.replication_factor.unwrap_or(-1)
+    }
 }
 
 impl Default for TopicsConfig {
     fn default() -> Self {
         TopicsConfig {
             partitions: 4,
-            replication_factor: 1,
+            replication_factor: None,
             config: BTreeMap::new(),
         }
     }

@@ -199,7 +199,7 @@ pub fn validate(config: &PipelineConfig) -> Vec<ConfigIssue> {
     if config.topics.partitions < 1 {
         issue("topics.partitions", "must be at least 1".into());
     }
-    if config.topics.replication_factor < 1 {
+    if config.topics.replication_factor.is_some_and(|n| n < 1) {
         issue("topics.replication_factor", "must be at least 1".into());
     }
     if config.http.listen.parse::<SocketAddr>().is_err() {

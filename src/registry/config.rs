@@ -39,9 +39,9 @@ pub struct RegistryConfig {
     /// `_schemas`, the topic Confluent Schema Registry and Karapace use: an
     /// existing one is served as it is.
     pub topic: String,
-    /// Replication factor when the registry creates the topic. Default 1;
-    /// use 3 in production.
-    pub replication_factor: i32,
+    /// Replication factor when the registry creates the topic. Default:
+    /// the broker's `default.replication.factor`.
+    pub replication_factor: Option<i32>,
     /// The global compatibility level while the topic sets none. Default
     /// `BACKWARD`.
     pub compatibility: CompatibilityLevel,
@@ -86,7 +86,7 @@ impl Default for RegistryConfig {
             listen: "127.0.0.1:8081".to_string(),
             kafka: RegistryKafkaConfig::default(),
             topic: "_schemas".to_string(),
-            replication_factor: 1,
+            replication_factor: None,
             compatibility: CompatibilityLevel::Backward,
             writer_id: None,
             write_timeout: Duration::from_secs(30),
@@ -187,7 +187,7 @@ impl RegistryConfig {
         if let Err(e) = crate::config::check_topic(&self.topic) {
             issue("topic", e);
         }
-        if self.replication_factor < 1 {
+        if self.replication_factor.is_some_and(|n| n < 1) {
             issue("replication_factor", "must be at least 1".into());
         }
         if self

@@ -68,7 +68,7 @@ pub async fn ensure_topic(config: &RegistryConfig) -> anyhow::Result<()> {
     let topic = NewTopic::new(
         &config.topic,
         1,
-        TopicReplication::Fixed(config.replication_factor),
+        TopicReplication::Fixed(config.replication_factor.unwrap_or(-1)),
     )
     .set("cleanup.policy", "compact");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
