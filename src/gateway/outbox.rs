@@ -20,8 +20,8 @@
 //! Records are shared (`Arc`), so a buffer costs its bookkeeping plus the
 //! records only it still holds; slots emptied by conflation are compacted
 //! away, so the bookkeeping too is bounded by the buffer's size. The pure
-//! state machine is [`Buffer`];
-//! [`Outbox`] wraps it for the two tasks that share it.
+//! state machine is [`Buffer`]; [`Outbox`] wraps it for the two tasks that
+//! share it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
