@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use millrace_integration_tests::gateway::{gateway_yaml, token_for};
+use millrace_integration_tests::gateway::{Sse, TxWriter, gateway_yaml, token_for};
 use millrace_integration_tests::{Millrace, create_topics, unique};
 use tokio_tungstenite::tungstenite;
 
@@ -67,5 +67,117 @@ fn a_websocket_frame_over_the_limit_is_closed_with_1009() -> anyhow::Result<()> 
         }
     };
     assert_eq!(code, Some(1009), "close code");
+    gw.stop_cleanly()
+}
+
+/// `[0,1,...,n-1]`
+fn list(n: usize) -> String {
+    let items: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Percent-encodes a filter for a query string.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'_' | b'-' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Hostile filters (nested list macros, ~24 million steps per record) are
+/// refused with a 400 naming why, by several clients at once, while the
+/// heaviest filters allowed are connected and records flow; meanwhile
+/// `/healthz` answers within 1 s every time.
+#[test]
+fn hostile_filters_are_refused_and_the_gateway_stays_responsive() -> anyhow::Result<()> {
+    let rt = runtime();
+    let topic = unique("gw-abuse-filter");
+    rt.block_on(create_topics(&[(&topic, 2)]))?;
+    let writer = TxWriter::new(&unique("gw-abuse-tx"))?;
+    let records: Vec<(String, i32, Vec<u8>)> = (0..200)
+        .map(|i| {
+            let value = format!(r#"{{"n": {i}, "l": {}}}"#, list(50));
+            (format!("k{i}"), i % 2, value.into_bytes())
+        })
+        .collect();
+    writer.write(&topic, &records, true)?;
+    let mut gw = Millrace::start_gateway(&gateway_yaml(
+        &format!("  - topic: {topic}"),
+        "limits: {requests_per_second: 1000, request_burst: 1000}",
+    ))?;
+    gw.wait_ready(Duration::from_secs(60))?;
+    let token = token_for(&[&topic]);
+    let port = gw.ops_port;
+
+    let l = list(30);
+    let hostile = format!(
+        "{l}.all(a, {l}.all(b, {l}.all(c, {l}.all(d, {l}.all(e, a + b + c + d + e >= 0)))))"
+    );
+    let hostile_url = format!(
+        "http://127.0.0.1:{port}/v1/topics/{topic}/sse?start=earliest&access_token={token}&filter={}",
+        encode(&hostile)
+    );
+    // The heaviest kind allowed: one list macro over the record's list,
+    // comparing against the list again (quadratic in its length).
+    let heavy = "value.l.exists(x, x in value.l && x < 0)";
+    let heavy_url = format!(
+        "http://127.0.0.1:{port}/v1/topics/{topic}/sse?start=earliest&access_token={token}&filter={}",
+        encode(heavy)
+    );
+
+    rt.block_on(async {
+        let mut heavy_subscribers = Vec::new();
+        for _ in 0..4 {
+            match Sse::open(&heavy_url, &[]).await? {
+                Ok(sse) => heavy_subscribers.push(sse),
+                Err((status, body)) => anyhow::bail!("heavy filter refused: {status} {body}"),
+            }
+        }
+        let attackers: Vec<_> = (0..6)
+            .map(|_| {
+                let url = hostile_url.clone();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    for _ in 0..20 {
+                        let response = client
+                            .get(&url)
+                            .timeout(Duration::from_secs(10))
+                            .send()
+                            .await?;
+                        let status = response.status().as_u16();
+                        let body = response.text().await.unwrap_or_default();
+                        anyhow::ensure!(status == 400, "hostile filter got {status}: {body}");
+                        anyhow::ensure!(body.contains("list macros"), "{body}");
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        let client = reqwest::Client::new();
+        let health = format!("http://127.0.0.1:{port}/healthz");
+        while !attackers.iter().all(|a| a.is_finished()) {
+            let started = Instant::now();
+            let response = client
+                .get(&health)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await?;
+            let took = started.elapsed();
+            anyhow::ensure!(
+                response.status().as_u16() == 200,
+                "healthz {}",
+                response.status()
+            );
+            anyhow::ensure!(took < Duration::from_secs(1), "healthz took {took:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for attacker in attackers {
+            attacker.await??;
+        }
+        drop(heavy_subscribers);
+        anyhow::Ok(())
+    })?;
     gw.stop_cleanly()
 }
