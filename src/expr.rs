@@ -130,6 +130,12 @@ impl Expr {
         })
     }
 
+    /// The parsed syntax tree, macros expanded: for callers that bound what
+    /// an expression may do (the gateway's subscriber filters).
+    pub fn ast(&self) -> &cel::IdedExpr {
+        self.program.expression()
+    }
+
     /// The source text.
     pub fn source(&self) -> &str {
         &self.source

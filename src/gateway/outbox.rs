@@ -18,8 +18,10 @@
 //!   than it holds), the subscriber is disconnected as above.
 //!
 //! Records are shared (`Arc`), so a buffer costs its bookkeeping plus the
-//! records only it still holds. The pure state machine is [`Buffer`];
-//! [`Outbox`] wraps it for the two tasks that share it.
+//! records only it still holds; slots emptied by conflation are compacted
+//! away, so the bookkeeping too is bounded by the buffer's size. The pure
+//! state machine is [`Buffer`]; [`Outbox`] wraps it for the two tasks that
+//! share it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -149,6 +151,10 @@ pub enum Pushed {
     Closed,
 }
 
+/// Emptied slots tolerated beyond the live records before the queue is
+/// compacted (see [`Buffer::compact`]).
+const COMPACT_SLACK: usize = 32;
+
 /// The buffer's state machine (no locking, no waking).
 #[derive(Debug)]
 pub struct Buffer {
@@ -199,6 +205,12 @@ impl Buffer {
         self.bytes
     }
 
+    /// Slots in the queue, including those emptied by conflation: what the
+    /// queue costs in memory besides the records.
+    pub fn slots(&self) -> usize {
+        self.queue.len()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.close.is_some()
     }
@@ -237,6 +249,9 @@ impl Buffer {
         self.events += 1;
         self.bytes += item.size();
         self.queue.push_back(Some(item));
+        if self.queue.len() > 2 * self.events + COMPACT_SLACK {
+            self.compact();
+        }
 
         let mut dropped = 0;
         while self.events > self.max_events || self.bytes > self.max_bytes {
@@ -325,6 +340,27 @@ impl Buffer {
         {
             self.events -= 1;
             self.bytes -= item.size();
+        }
+    }
+
+    /// Drops the slots emptied by conflation. Without it a slow reader of a
+    /// hot key would keep one empty slot per record conflated: memory would
+    /// grow without bound while `len()` stayed small. Called when emptied
+    /// slots outnumber live records (plus [`COMPACT_SLACK`]), so the queue
+    /// holds at most about twice `max_events` slots, and the cost, linear
+    /// in the queue, is paid once per that many conflations: constant per
+    /// push, amortised.
+    fn compact(&mut self) {
+        self.queue.retain(Option::is_some);
+        // The live records get new sequence numbers (`head_seq` onwards);
+        // the keys waiting must follow them. Under `conflate` every keyed
+        // record still queued is the one its key waits on.
+        for (index, item) in self.queue.iter().flatten().enumerate() {
+            if let Some(key) = item.record.key.as_deref()
+                && let Some(seq) = self.waiting.get_mut(key)
+            {
+                *seq = self.head_seq + index as u64;
+            }
         }
     }
 
@@ -520,6 +556,34 @@ mod tests {
         // A key sent already is not conflated with a new record.
         b.push(item(0, 6, Some("a")));
         assert_eq!(offsets(&mut b), ["6@0"]);
+    }
+
+    /// A slow conflate reader of a hot key: every push empties a slot, and
+    /// the emptied slots must not pile up (they did, one per push).
+    #[test]
+    fn conflated_slots_do_not_accumulate() {
+        let max_events = 100;
+        let mut b = Buffer::new(Policy::Conflate, max_events, 1 << 20);
+        b.push(item(1, 0, Some("other")));
+        for offset in 0..1_000_000 {
+            b.push(item(0, offset, Some("hot")));
+            assert!(
+                b.slots() <= 2 * max_events + COMPACT_SLACK,
+                "{} slots after {offset} pushes",
+                b.slots()
+            );
+        }
+        assert_eq!(b.len(), 2);
+        assert_eq!(
+            b.bytes(),
+            item(1, 0, Some("other")).size() + item(0, 999_999, Some("hot")).size()
+        );
+        assert_eq!(offsets(&mut b), ["0@1", "999999@0"]);
+        assert_eq!(b.slots(), 0);
+        // Sequence numbers survive compaction: the key is conflated again.
+        b.push(item(0, 1, Some("hot")));
+        assert_eq!(b.push(item(0, 2, Some("hot"))), Pushed::Conflated);
+        assert_eq!(offsets(&mut b), ["2@0"]);
     }
 
     #[test]

@@ -18,6 +18,12 @@
 //! client silent (no pong, no message) for `subscribers.pong_timeout` is
 //! disconnected, and so is one whose writes stall for
 //! `subscribers.write_timeout`. Messages from the client are ignored.
+//!
+//! Clients only answer pings, so their messages and frames are limited to
+//! [`MAX_CLIENT_MESSAGE`] bytes; a larger one ends the connection with
+//! close code 1009 (message too big). The frame limit matters as much as
+//! the message limit: a frame is buffered whole before it is checked
+//! against the message limit, and the default frame limit is 16 MiB.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,8 +42,9 @@ use super::query::WireFormat;
 use super::request::ApiError;
 use super::session::{Session, Transport};
 
-/// Largest message accepted from a client (they only answer pings).
-const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
+/// Largest message, and largest frame, accepted from a client (they only
+/// answer pings).
+pub const MAX_CLIENT_MESSAGE: usize = 16 * 1024;
 
 pub async fn subscribe(
     State(gateway): State<Arc<Gateway>>,
@@ -82,6 +89,7 @@ pub async fn subscribe(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| serve(socket, session))
 }
 
@@ -142,7 +150,21 @@ async fn serve(socket: WebSocket, mut session: Session) {
                 }
             }
             message = incoming.next() => match message {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Step::Stop,
+                None | Some(Ok(Message::Close(_))) => Step::Stop,
+                Some(Err(e)) => {
+                    // Tell a client that broke the rules which rule; the
+                    // connection is unusable either way.
+                    if let Some(code) = read_error_close_code(e) {
+                        session.ended("client_error");
+                        let frame = CloseFrame { code, reason: "".into() };
+                        let _ = tokio::time::timeout(
+                            config.write_timeout,
+                            sink.send(Message::Close(Some(frame))),
+                        )
+                        .await;
+                    }
+                    Step::Stop
+                }
                 Some(Ok(_)) => {
                     heard = Instant::now();
                     Step::Continue
@@ -177,6 +199,17 @@ async fn serve(socket: WebSocket, mut session: Session) {
         if let Step::Stop = step {
             break;
         }
+    }
+}
+
+/// The close code for an error reading from the client, if the client
+/// caused it: 1009 for a frame or message over [`MAX_CLIENT_MESSAGE`], 1002
+/// for a protocol violation. None for I/O errors (the connection is gone).
+fn read_error_close_code(error: axum::Error) -> Option<u16> {
+    match *error.into_inner().downcast::<tungstenite::Error>().ok()? {
+        tungstenite::Error::Capacity(_) => Some(close_code::SIZE),
+        tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => Some(close_code::PROTOCOL),
+        _ => None,
     }
 }
 
