@@ -71,14 +71,22 @@ impl IntoResponse for ApiError {
 }
 
 impl Gateway {
-    /// Rate limit, authentication, topic lookup and authorization.
+    /// The client behind a connection from `peer`: `peer`, or the
+    /// `X-Forwarded-For` client when `peer` is a trusted proxy.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.proxies.client(peer, headers)
+    }
+
+    /// Rate limit, authentication, topic lookup and authorization. `peer`
+    /// is the TCP peer; the client is resolved through trusted proxies.
     pub fn admit(
         &self,
         topic: &str,
         headers: &HeaderMap,
         query: &[(String, String)],
-        client: IpAddr,
+        peer: IpAddr,
     ) -> Result<(Principal, Arc<TopicHub>), ApiError> {
+        let client = self.client(peer, headers);
         self.check_rate(client)?;
         let principal = self
             .auth

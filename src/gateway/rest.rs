@@ -42,10 +42,11 @@ pub async fn topics(
 ) -> Response {
     let result = async {
         let pairs = query::pairs(raw.as_deref()).map_err(ApiError::bad_request)?;
-        gw.check_rate(client.ip())?;
+        let client = gw.client(client.ip(), &headers);
+        gw.check_rate(client)?;
         let principal = gw
             .auth
-            .authenticate(&headers, &pairs, client.ip())
+            .authenticate(&headers, &pairs, client)
             .map_err(|e| gw.rejected(e.into()))?;
         let mut out = Vec::new();
         for topic in &gw.config.topics {

@@ -39,6 +39,7 @@ use super::latest::Latest;
 use super::limits::{RateLimiter, SubscriberLimits};
 use super::listener::{ClientAddr, StallListener};
 use super::metrics::GatewayMetrics;
+use super::proxies::TrustedProxies;
 use super::tail::{self, TopicHub};
 use super::{Gateway, dashboard, rest, sse, ws};
 
@@ -166,6 +167,7 @@ async fn serve(config: GatewayConfig, auth: Authenticator) -> ExitCode {
             config.limits.requests_per_second,
             config.limits.request_burst,
         ),
+        proxies: TrustedProxies::new(&config.http.trusted_proxies),
         hubs,
         meta,
         metrics,
