@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use futures::StreamExt;
 use millrace_integration_tests::gateway::{
-    SECRET, Sse, TxWriter, gateway_yaml, hs256, now_secs, rs256, token_for,
+    SECRET, Sse, TxWriter, gateway_yaml, gateway_yaml_http, hs256, now_secs, rs256, token_for,
 };
 use millrace_integration_tests::{Millrace, create_topics, progress, read_committed, unique};
 use rand::Rng;
@@ -1045,4 +1045,131 @@ fn avro_topics_are_decoded_with_the_registry() -> anyhow::Result<()> {
     }
     gw.stop_cleanly()?;
     Ok(())
+}
+
+/// Open-file limit of this process (each test connection costs one here
+/// and one in the gateway, which inherits the limit).
+fn open_file_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// A connection from `source` (any 127.x address is local on Linux) that
+/// sends half a request head and stalls.
+async fn half_request(source: &str, port: u16) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse()?)?;
+    let mut stream = socket.connect(format!("127.0.0.1:{port}").parse()?).await?;
+    stream
+        .write_all(b"GET /v1/topics HTTP/1.1\r\nHost: gateway\r\nAuthoriz")
+        .await?;
+    Ok(stream)
+}
+
+/// Whether the server closes the connection within `within` (it may send
+/// an error response first).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Thousands of connections that send half a request head and stall (no
+/// token needed) neither exhaust the gateway nor stay: `/healthz` answers
+/// at once, the address's connections beyond `max_connections_per_ip` are
+/// closed as they come, and the stalled ones are closed after
+/// `header_read_timeout`.
+#[test]
+fn half_sent_requests_are_timed_out_and_limited_per_address() -> anyhow::Result<()> {
+    let rt = runtime();
+    let topic = unique("gw-conns");
+    rt.block_on(create_topics(&[(&topic, 1)]))?;
+    let stalled = 5000.min(open_file_limit().saturating_sub(500) / 2);
+    assert!(stalled >= 500, "open-file limit too low for this test");
+    let mut gw = Millrace::start_gateway(&gateway_yaml_http(
+        &format!("  - topic: {topic}"),
+        &format!(
+            "  header_read_timeout: 3s\n  max_connections: 12000\n  max_connections_per_ip: {stalled}"
+        ),
+        "",
+    ))?;
+    gw.wait_ready(Duration::from_secs(60))?;
+    let port = gw.ops_port;
+
+    let opened = Instant::now();
+    let mut streams = rt.block_on(async {
+        let mut streams = Vec::with_capacity(stalled);
+        for _ in 0..stalled {
+            streams.push(half_request("127.0.0.2", port).await?);
+        }
+        anyhow::Ok(streams)
+    })?;
+    progress(&format!(
+        "{stalled} stalled connections open in {:?}",
+        opened.elapsed()
+    ));
+
+    // Another client still gets through at once.
+    let asked = Instant::now();
+    let (code, _) = gw.get("/healthz")?;
+    assert_eq!(code, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "/healthz took {:?}",
+        asked.elapsed()
+    );
+
+    // The same address is at its limit: more connections close at once.
+    let refused = rt.block_on(async {
+        let mut refused = 0;
+        for _ in 0..20 {
+            let mut s = half_request("127.0.0.2", port).await?;
+            if closed_within(&mut s, Duration::from_secs(1)).await {
+                refused += 1;
+            }
+        }
+        anyhow::Ok(refused)
+    })?;
+    assert_eq!(refused, 20, "connections over the per-address limit");
+    assert_eq!(
+        gw.metric("millrace_gateway_connections_refused_total{limit=\"per_ip\"}")?,
+        20.0
+    );
+
+    // Every stalled connection is closed by the header read timeout.
+    let closed = rt.block_on(async {
+        let checks = streams
+            .iter_mut()
+            .map(|s| closed_within(s, Duration::from_secs(10)));
+        futures::future::join_all(checks).await
+    });
+    let still_open = closed.iter().filter(|c| !**c).count();
+    assert_eq!(
+        still_open,
+        0,
+        "{still_open} of {stalled} stalled connections still open {:?} after opening",
+        opened.elapsed()
+    );
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.metric("millrace_gateway_connections")? > 2.0 {
+        assert!(Instant::now() < deadline, "connections gauge does not fall");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gw.stop_cleanly()
 }
