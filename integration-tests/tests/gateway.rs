@@ -1173,3 +1173,101 @@ fn half_sent_requests_are_timed_out_and_limited_per_address() -> anyhow::Result<
     }
     gw.stop_cleanly()
 }
+
+/// An SSE subscription from the beginning that never reads: its history
+/// reader soon has nowhere to put records.
+async fn stalled_subscriber(
+    port: u16,
+    topic: &str,
+    token: &str,
+) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    // A small window, so the kernel buffers little of what is sent.
+    socket.set_recv_buffer_size(4096)?;
+    let mut stream = socket.connect(format!("127.0.0.1:{port}").parse()?).await?;
+    let request = format!(
+        "GET /v1/topics/{topic}/sse?start=earliest HTTP/1.1\r\nHost: gateway\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
+}
+
+/// Clients that open history subscriptions and stop reading cannot hold
+/// every history reader: while they hold them, another resume is refused
+/// with 503 and `Retry-After` (not left hanging), and once they have
+/// stalled for `history_stall_timeout` their readers go to others.
+#[test]
+fn stalled_history_readers_are_released_and_waits_time_out() -> anyhow::Result<()> {
+    let rt = runtime();
+    let topic = unique("gw-hist");
+    rt.block_on(create_topics(&[(&topic, 1)]))?;
+    let writer = TxWriter::new(&unique("gw-hist-tx"))?;
+    // 10 MB of history: far more than socket buffers hold.
+    let pad = "x".repeat(2000);
+    for batch in 0..10 {
+        let records: Vec<(String, i32, Vec<u8>)> = (0..500)
+            .map(|i| {
+                let value = json!({"seq": batch * 500 + i, "pad": pad});
+                (format!("k{i}"), 0, value.to_string().into_bytes())
+            })
+            .collect();
+        writer.write(&topic, &records, true)?;
+    }
+    let mut gw = Millrace::start_gateway(&gateway_yaml(
+        &format!("  - topic: {topic}"),
+        "subscribers: {buffer_events: 10}\n\
+         limits: {max_history_readers: 2, history_wait: 1s, history_stall_timeout: 4s}",
+    ))?;
+    gw.wait_ready(Duration::from_secs(60))?;
+    let token = token_for(&[&topic]);
+    let bearer = format!("Bearer {token}");
+    let sse_url = url(&gw, &format!("/v1/topics/{topic}/sse?start=earliest"));
+
+    let _stalled = rt.block_on(async {
+        let a = stalled_subscriber(gw.ops_port, &topic, &token).await?;
+        let b = stalled_subscriber(gw.ops_port, &topic, &token).await?;
+        anyhow::Ok((a, b))
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Both readers are held: a third resume is refused, quickly.
+    let asked = Instant::now();
+    let response = reqwest::blocking::Client::new()
+        .get(&sse_url)
+        .header("authorization", &bearer)
+        .timeout(Duration::from_secs(10))
+        .send()?;
+    assert_eq!(response.status().as_u16(), 503, "a third history reader");
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(response);
+
+    // The stalled clients give their readers back: the third gets one and
+    // receives records.
+    let got_one = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match Sse::open(&sse_url, &[("authorization", bearer.as_str())]).await? {
+                Ok(mut sse) => {
+                    let ready = sse.next(Duration::from_secs(10)).await?;
+                    assert_eq!(ready.map(|e| e.event), Some("ready".to_string()));
+                    let record = sse.next(Duration::from_secs(10)).await?;
+                    return anyhow::Ok(record.is_some_and(|e| e.data.contains("\"seq\":0")));
+                }
+                Err((503, _)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err((code, body)) => anyhow::bail!("{code}: {body}"),
+            }
+        }
+    })?;
+    assert!(got_one, "the third subscriber receives the first record");
+    assert!(gw.metric("millrace_gateway_history_readers")? <= 2.0);
+    gw.stop_cleanly()
+}

@@ -11,6 +11,7 @@ use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::Gateway;
 use super::auth::{AuthError, Principal};
@@ -22,7 +23,7 @@ use super::tail::TopicHub;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
-    /// For 429: when to retry.
+    /// For 429 and 503: when to retry.
     pub retry_after: Option<Duration>,
 }
 
@@ -120,6 +121,25 @@ impl Gateway {
             e.retry_after = Some(wait);
             self.rejected(e)
         })
+    }
+
+    /// A place for a history reader, waiting at most
+    /// `limits.history_wait`: 503 with `Retry-After` when every reader stays
+    /// busy that long, rather than a request that hangs.
+    pub async fn history_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        let wait = self.config.limits.history_wait;
+        match tokio::time::timeout(wait, self.history_permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ApiError::unavailable("the gateway is stopping")),
+            Err(_) => {
+                let mut e = ApiError::unavailable(format!(
+                    "all {} history readers are busy; retry shortly",
+                    self.config.limits.max_history_readers
+                ));
+                e.retry_after = Some(Duration::from_secs(1));
+                Err(self.rejected(e))
+            }
+        }
     }
 
     /// Counts a refusal and returns it.

@@ -31,8 +31,6 @@ use super::selection::{Match, Selection};
 
 /// Longest time one page read takes.
 const PAGE_TIME: Duration = Duration::from_secs(5);
-/// Longest wait for a history reader for a page.
-const PAGE_WAIT: Duration = Duration::from_secs(5);
 
 pub async fn topics(
     State(gw): State<Arc<Gateway>>,
@@ -185,14 +183,7 @@ async fn page(
     let start = params.start.clone().unwrap_or(Start::Earliest);
     let mut position = gw.resolve_start(&hub, &start).await?;
 
-    let permit = tokio::time::timeout(PAGE_WAIT, gw.history_permits.clone().acquire_owned())
-        .await
-        .map_err(|_| {
-            gw.rejected(ApiError::unavailable(
-                "every history reader is busy; retry shortly",
-            ))
-        })?
-        .map_err(|_| ApiError::unavailable("the gateway is stopping"))?;
+    let permit = gw.history_permit().await?;
     let mut reader = HistoryReader::open(
         &gw.history_client,
         topic,
