@@ -1271,3 +1271,80 @@ fn stalled_history_readers_are_released_and_waits_time_out() -> anyhow::Result<(
     assert!(gw.metric("millrace_gateway_history_readers")? <= 2.0);
     gw.stop_cleanly()
 }
+
+/// REST responses are bounded in bytes: pages end early (and still add up
+/// to the topic), and `/latest` beyond the bound is refused with the
+/// reason instead of built.
+#[test]
+fn rest_responses_are_bounded_in_bytes() -> anyhow::Result<()> {
+    let rt = runtime();
+    let topic = unique("gw-bytes");
+    rt.block_on(create_topics(&[(&topic, 1)]))?;
+    let max = 20_000;
+    let mut gw = Millrace::start_gateway(&gateway_yaml(
+        &format!("  - topic: {topic}"),
+        &format!("limits: {{max_response_bytes: {max}}}"),
+    ))?;
+    gw.wait_ready(Duration::from_secs(60))?;
+    // 200 keys of about 500 bytes each: 100 kB in all.
+    let writer = TxWriter::new(&unique("gw-bytes-tx"))?;
+    let pad = "y".repeat(450);
+    let records: Vec<(String, i32, Vec<u8>)> = (0..200)
+        .map(|i| {
+            let value = json!({"seq": i, "pad": pad});
+            (format!("k{i}"), 0, value.to_string().into_bytes())
+        })
+        .collect();
+    writer.write(&topic, &records, true)?;
+
+    let token = format!("Bearer {}", token_for(&[&topic]));
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str| -> anyhow::Result<(u16, String)> {
+        let r = client
+            .get(url(&gw, path))
+            .header("authorization", &token)
+            .send()?;
+        Ok((r.status().as_u16(), r.text()?))
+    };
+    // The live tail has seen the last key.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = get(&format!("/v1/topics/{topic}/latest?key=k199"))?;
+        assert_eq!(code, 200, "{body}");
+        if body.contains("\"seq\":199") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "k199 never seen: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, body) = get(&format!("/v1/topics/{topic}/latest"))?;
+    assert_eq!(code, 400, "{}", &body[..body.len().min(200)]);
+    assert!(body.contains("max_response_bytes"), "{body}");
+
+    // Pages of at most `max` bytes add up to every record, in order.
+    let mut seqs = Vec::new();
+    let mut next = "earliest".to_string();
+    let mut pages = 0;
+    loop {
+        let (code, body) = get(&format!(
+            "/v1/topics/{topic}/records?start={next}&limit=1000"
+        ))?;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.len() <= max, "a page of {} bytes", body.len());
+        let page: Value = serde_json::from_str(&body)?;
+        let records = page["records"].as_array().cloned().unwrap_or_default();
+        if records.is_empty() {
+            break;
+        }
+        pages += 1;
+        seqs.extend(
+            records
+                .iter()
+                .map(|r| r["value"]["seq"].as_i64().unwrap_or(-1)),
+        );
+        next = page["next"].as_str().unwrap_or_default().to_string();
+    }
+    assert_eq!(seqs, (0..200).collect::<Vec<i64>>());
+    assert!(pages >= 5, "{pages} pages");
+    gw.stop_cleanly()
+}

@@ -65,6 +65,8 @@ pub struct Gateway {
     pub proxies: proxies::TrustedProxies,
     /// One permit per history reader that may run.
     pub history_permits: Arc<Semaphore>,
+    /// One permit per REST response (`/latest`, `/records`) being built.
+    pub rest_permits: Arc<Semaphore>,
     /// Settings of history readers.
     pub history_client: ClientConfig,
     /// Becomes true when the gateway starts shutting down.

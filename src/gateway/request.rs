@@ -142,6 +142,19 @@ impl Gateway {
         }
     }
 
+    /// A place for one REST response being built, or 503 with
+    /// `Retry-After` when `limits.max_rest_requests` are.
+    pub fn rest_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.rest_permits.clone().try_acquire_owned().map_err(|_| {
+            let mut e = ApiError::unavailable(format!(
+                "the gateway is answering its maximum of {} REST requests; retry shortly",
+                self.config.limits.max_rest_requests
+            ));
+            e.retry_after = Some(Duration::from_secs(1));
+            self.rejected(e)
+        })
+    }
+
     /// Counts a refusal and returns it.
     pub fn rejected(&self, e: ApiError) -> ApiError {
         self.metrics

@@ -165,6 +165,7 @@ async fn serve(config: GatewayConfig, auth: Authenticator) -> ExitCode {
     let gateway = Arc::new(Gateway {
         history_client: kafka::consumer_config(&config, "history"),
         history_permits: Arc::new(Semaphore::new(config.limits.max_history_readers)),
+        rest_permits: Arc::new(Semaphore::new(config.limits.max_rest_requests)),
         limits: SubscriberLimits::new(
             config.limits.max_subscribers,
             config.limits.max_subscribers_per_token,
