@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use futures::StreamExt;
 use millrace_integration_tests::gateway::{
-    SECRET, Sse, TxWriter, gateway_yaml, hs256, now_secs, rs256, token_for,
+    SECRET, Sse, TxWriter, gateway_yaml, gateway_yaml_http, hs256, now_secs, rs256, token_for,
 };
 use millrace_integration_tests::{Millrace, create_topics, progress, read_committed, unique};
 use rand::Rng;
@@ -1045,4 +1045,306 @@ fn avro_topics_are_decoded_with_the_registry() -> anyhow::Result<()> {
     }
     gw.stop_cleanly()?;
     Ok(())
+}
+
+/// Open-file limit of this process (each test connection costs one here
+/// and one in the gateway, which inherits the limit).
+fn open_file_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// A connection from `source` (any 127.x address is local on Linux) that
+/// sends half a request head and stalls.
+async fn half_request(source: &str, port: u16) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse()?)?;
+    let mut stream = socket.connect(format!("127.0.0.1:{port}").parse()?).await?;
+    stream
+        .write_all(b"GET /v1/topics HTTP/1.1\r\nHost: gateway\r\nAuthoriz")
+        .await?;
+    Ok(stream)
+}
+
+/// Whether the server closes the connection within `within` (it may send
+/// an error response first).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Thousands of connections that send half a request head and stall (no
+/// token needed) neither exhaust the gateway nor stay: `/healthz` answers
+/// at once, the address's connections beyond `max_connections_per_ip` are
+/// closed as they come, and the stalled ones are closed after
+/// `header_read_timeout`.
+#[test]
+fn half_sent_requests_are_timed_out_and_limited_per_address() -> anyhow::Result<()> {
+    let rt = runtime();
+    let topic = unique("gw-conns");
+    rt.block_on(create_topics(&[(&topic, 1)]))?;
+    let stalled = 5000.min(open_file_limit().saturating_sub(500) / 2);
+    assert!(stalled >= 500, "open-file limit too low for this test");
+    let mut gw = Millrace::start_gateway(&gateway_yaml_http(
+        &format!("  - topic: {topic}"),
+        &format!(
+            "  header_read_timeout: 3s\n  max_connections: 12000\n  max_connections_per_ip: {stalled}"
+        ),
+        "",
+    ))?;
+    gw.wait_ready(Duration::from_secs(60))?;
+    let port = gw.ops_port;
+
+    let opened = Instant::now();
+    let mut streams = rt.block_on(async {
+        let mut streams = Vec::with_capacity(stalled);
+        for _ in 0..stalled {
+            streams.push(half_request("127.0.0.2", port).await?);
+        }
+        anyhow::Ok(streams)
+    })?;
+    progress(&format!(
+        "{stalled} stalled connections open in {:?}",
+        opened.elapsed()
+    ));
+
+    // Another client still gets through at once.
+    let asked = Instant::now();
+    let (code, _) = gw.get("/healthz")?;
+    assert_eq!(code, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "/healthz took {:?}",
+        asked.elapsed()
+    );
+
+    // The same address is at its limit: more connections close at once.
+    let refused = rt.block_on(async {
+        let mut refused = 0;
+        for _ in 0..20 {
+            let mut s = half_request("127.0.0.2", port).await?;
+            if closed_within(&mut s, Duration::from_secs(1)).await {
+                refused += 1;
+            }
+        }
+        anyhow::Ok(refused)
+    })?;
+    assert_eq!(refused, 20, "connections over the per-address limit");
+    assert_eq!(
+        gw.metric("millrace_gateway_connections_refused_total{limit=\"per_ip\"}")?,
+        20.0
+    );
+
+    // Every stalled connection is closed by the header read timeout.
+    let closed = rt.block_on(async {
+        let checks = streams
+            .iter_mut()
+            .map(|s| closed_within(s, Duration::from_secs(10)));
+        futures::future::join_all(checks).await
+    });
+    let still_open = closed.iter().filter(|c| !**c).count();
+    assert_eq!(
+        still_open,
+        0,
+        "{still_open} of {stalled} stalled connections still open {:?} after opening",
+        opened.elapsed()
+    );
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.metric("millrace_gateway_connections")? > 2.0 {
+        assert!(Instant::now() < deadline, "connections gauge does not fall");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gw.stop_cleanly()
+}
+
+/// An SSE subscription from the beginning that never reads: its history
+/// reader soon has nowhere to put records.
+async fn stalled_subscriber(
+    port: u16,
+    topic: &str,
+    token: &str,
+) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    // A small window, so the kernel buffers little of what is sent.
+    socket.set_recv_buffer_size(4096)?;
+    let mut stream = socket.connect(format!("127.0.0.1:{port}").parse()?).await?;
+    let request = format!(
+        "GET /v1/topics/{topic}/sse?start=earliest HTTP/1.1\r\nHost: gateway\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
+}
+
+/// Clients that open history subscriptions and stop reading cannot hold
+/// every history reader: while they hold them, another resume is refused
+/// with 503 and `Retry-After` (not left hanging), and once they have
+/// stalled for `history_stall_timeout` their readers go to others.
+#[test]
+fn stalled_history_readers_are_released_and_waits_time_out() -> anyhow::Result<()> {
+    let rt = runtime();
+    let topic = unique("gw-hist");
+    rt.block_on(create_topics(&[(&topic, 1)]))?;
+    let writer = TxWriter::new(&unique("gw-hist-tx"))?;
+    // 10 MB of history: far more than socket buffers hold.
+    let pad = "x".repeat(2000);
+    for batch in 0..10 {
+        let records: Vec<(String, i32, Vec<u8>)> = (0..500)
+            .map(|i| {
+                let value = json!({"seq": batch * 500 + i, "pad": pad});
+                (format!("k{i}"), 0, value.to_string().into_bytes())
+            })
+            .collect();
+        writer.write(&topic, &records, true)?;
+    }
+    let mut gw = Millrace::start_gateway(&gateway_yaml(
+        &format!("  - topic: {topic}"),
+        "subscribers: {buffer_events: 10}\n\
+         limits: {max_history_readers: 2, history_wait: 1s, history_stall_timeout: 4s}",
+    ))?;
+    gw.wait_ready(Duration::from_secs(60))?;
+    let token = token_for(&[&topic]);
+    let bearer = format!("Bearer {token}");
+    let sse_url = url(&gw, &format!("/v1/topics/{topic}/sse?start=earliest"));
+
+    let _stalled = rt.block_on(async {
+        let a = stalled_subscriber(gw.ops_port, &topic, &token).await?;
+        let b = stalled_subscriber(gw.ops_port, &topic, &token).await?;
+        anyhow::Ok((a, b))
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Both readers are held: a third resume is refused, quickly.
+    let asked = Instant::now();
+    let response = reqwest::blocking::Client::new()
+        .get(&sse_url)
+        .header("authorization", &bearer)
+        .timeout(Duration::from_secs(10))
+        .send()?;
+    assert_eq!(response.status().as_u16(), 503, "a third history reader");
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(response);
+
+    // The stalled clients give their readers back: the third gets one and
+    // receives records.
+    let got_one = rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match Sse::open(&sse_url, &[("authorization", bearer.as_str())]).await? {
+                Ok(mut sse) => {
+                    let ready = sse.next(Duration::from_secs(10)).await?;
+                    assert_eq!(ready.map(|e| e.event), Some("ready".to_string()));
+                    let record = sse.next(Duration::from_secs(10)).await?;
+                    return anyhow::Ok(record.is_some_and(|e| e.data.contains("\"seq\":0")));
+                }
+                Err((503, _)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err((code, body)) => anyhow::bail!("{code}: {body}"),
+            }
+        }
+    })?;
+    assert!(got_one, "the third subscriber receives the first record");
+    assert!(gw.metric("millrace_gateway_history_readers")? <= 2.0);
+    gw.stop_cleanly()
+}
+
+/// REST responses are bounded in bytes: pages end early (and still add up
+/// to the topic), and `/latest` beyond the bound is refused with the
+/// reason instead of built.
+#[test]
+fn rest_responses_are_bounded_in_bytes() -> anyhow::Result<()> {
+    let rt = runtime();
+    let topic = unique("gw-bytes");
+    rt.block_on(create_topics(&[(&topic, 1)]))?;
+    let max = 20_000;
+    let mut gw = Millrace::start_gateway(&gateway_yaml(
+        &format!("  - topic: {topic}"),
+        &format!("limits: {{max_response_bytes: {max}}}"),
+    ))?;
+    gw.wait_ready(Duration::from_secs(60))?;
+    // 200 keys of about 500 bytes each: 100 kB in all.
+    let writer = TxWriter::new(&unique("gw-bytes-tx"))?;
+    let pad = "y".repeat(450);
+    let records: Vec<(String, i32, Vec<u8>)> = (0..200)
+        .map(|i| {
+            let value = json!({"seq": i, "pad": pad});
+            (format!("k{i}"), 0, value.to_string().into_bytes())
+        })
+        .collect();
+    writer.write(&topic, &records, true)?;
+
+    let token = format!("Bearer {}", token_for(&[&topic]));
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str| -> anyhow::Result<(u16, String)> {
+        let r = client
+            .get(url(&gw, path))
+            .header("authorization", &token)
+            .send()?;
+        Ok((r.status().as_u16(), r.text()?))
+    };
+    // The live tail has seen the last key.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = get(&format!("/v1/topics/{topic}/latest?key=k199"))?;
+        assert_eq!(code, 200, "{body}");
+        if body.contains("\"seq\":199") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "k199 never seen: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, body) = get(&format!("/v1/topics/{topic}/latest"))?;
+    assert_eq!(code, 400, "{}", &body[..body.len().min(200)]);
+    assert!(body.contains("max_response_bytes"), "{body}");
+
+    // Pages of at most `max` bytes add up to every record, in order.
+    let mut seqs = Vec::new();
+    let mut next = "earliest".to_string();
+    let mut pages = 0;
+    loop {
+        let (code, body) = get(&format!(
+            "/v1/topics/{topic}/records?start={next}&limit=1000"
+        ))?;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.len() <= max, "a page of {} bytes", body.len());
+        let page: Value = serde_json::from_str(&body)?;
+        let records = page["records"].as_array().cloned().unwrap_or_default();
+        if records.is_empty() {
+            break;
+        }
+        pages += 1;
+        seqs.extend(
+            records
+                .iter()
+                .map(|r| r["value"]["seq"].as_i64().unwrap_or(-1)),
+        );
+        next = page["next"].as_str().unwrap_or_default().to_string();
+    }
+    assert_eq!(seqs, (0..200).collect::<Vec<i64>>());
+    assert!(pages >= 5, "{pages} pages");
+    gw.stop_cleanly()
 }

@@ -105,6 +105,25 @@ pub struct HttpConfig {
     /// A separate listen address for `/metrics`, `/healthz` and `/readyz`.
     pub ops_listen: Option<String>,
     pub cors: CorsConfig,
+    /// A client must send a request's headers within this long of
+    /// connecting, and of its previous response on a kept-alive
+    /// connection; otherwise the connection is closed. Bounds what a
+    /// half-sent request (or an idle keep-alive) holds. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Connections open at once, subscribers included; more are accepted
+    /// and closed at once. At least `limits.max_subscribers` (each holds
+    /// one); keep it below the process's open-file limit. Default 12000.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 /64
+    /// counts as one address). Addresses in `trusted_proxies` are exempt:
+    /// they carry many clients. Default 256.
+    pub max_connections_per_ip: usize,
+    /// Addresses or CIDR blocks of reverse proxies (e.g. `10.0.0.5`,
+    /// `10.0.0.0/8`, `fd00::/8`) whose `X-Forwarded-For` names the client
+    /// for the rate limit and open-mode subjects. From any other peer the
+    /// header is ignored (anyone can write it). Default: none.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -113,6 +132,10 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             ops_listen: None,
             cors: CorsConfig::default(),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 12_000,
+            max_connections_per_ip: 256,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -264,8 +287,24 @@ pub struct LimitsConfig {
     /// Subscribers reading history from Kafka at once (each has its own
     /// consumer); the others wait their turn. Default 32.
     pub max_history_readers: usize,
+    /// Longest wait for a history reader; then the request is refused
+    /// with 503 and `Retry-After`. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub history_wait: Duration,
+    /// A history reader whose subscriber takes no record for this long is
+    /// given back for others; it reopens at the subscriber's position when
+    /// the client reads again. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub history_stall_timeout: Duration,
     /// Most records one page of the records endpoint returns. Default 1000.
     pub max_page_records: usize,
+    /// Most bytes of one REST response (`/latest`, `/records`): a page
+    /// ends early at it, and `/latest` beyond it is refused (select keys).
+    /// Default 16 MiB.
+    pub max_response_bytes: usize,
+    /// REST requests (`/latest`, `/records`) answered at once; more get
+    /// 503 with `Retry-After`. Default 32.
+    pub max_rest_requests: usize,
 }
 
 impl Default for LimitsConfig {
@@ -278,7 +317,11 @@ impl Default for LimitsConfig {
             max_filter_bytes: 2048,
             max_keys: 256,
             max_history_readers: 32,
+            history_wait: Duration::from_secs(5),
+            history_stall_timeout: Duration::from_secs(10),
             max_page_records: 1000,
+            max_response_bytes: 16 << 20,
+            max_rest_requests: 32,
         }
     }
 }
@@ -465,6 +508,26 @@ pub fn validate(config: &GatewayConfig) -> Vec<ConfigIssue> {
             );
         }
     }
+    if config.http.max_connections < config.limits.max_subscribers {
+        issue(
+            "http.max_connections",
+            format!(
+                "must be at least limits.max_subscribers ({}): each subscriber holds a connection",
+                config.limits.max_subscribers
+            ),
+        );
+    }
+    if config.http.max_connections_per_ip > config.http.max_connections {
+        issue(
+            "http.max_connections_per_ip",
+            "must not be above http.max_connections".into(),
+        );
+    }
+    for (i, proxy) in config.http.trusted_proxies.iter().enumerate() {
+        if let Err(e) = super::proxies::Cidr::parse(proxy) {
+            issue(&format!("http.trusted_proxies[{i}]"), e);
+        }
+    }
     let cors = &config.http.cors;
     if cors.allow_credentials && cors.allowed_origins.iter().any(|o| o == "*") {
         issue(
@@ -531,6 +594,16 @@ pub fn validate(config: &GatewayConfig) -> Vec<ConfigIssue> {
             config.limits.max_history_readers,
         ),
         ("limits.max_page_records", config.limits.max_page_records),
+        (
+            "limits.max_response_bytes",
+            config.limits.max_response_bytes,
+        ),
+        ("limits.max_rest_requests", config.limits.max_rest_requests),
+        ("http.max_connections", config.http.max_connections),
+        (
+            "http.max_connections_per_ip",
+            config.http.max_connections_per_ip,
+        ),
         ("latest.max_keys", config.latest.max_keys),
         ("latest.max_bytes", config.latest.max_bytes),
     ] {
@@ -543,6 +616,12 @@ pub fn validate(config: &GatewayConfig) -> Vec<ConfigIssue> {
         ("subscribers.pong_timeout", s.pong_timeout),
         ("subscribers.write_timeout", s.write_timeout),
         ("shutdown.timeout", config.shutdown.timeout),
+        ("http.header_read_timeout", config.http.header_read_timeout),
+        ("limits.history_wait", config.limits.history_wait),
+        (
+            "limits.history_stall_timeout",
+            config.limits.history_stall_timeout,
+        ),
     ] {
         if value < Duration::from_millis(100) {
             issue(path, "must be at least 100ms".into());
@@ -629,6 +708,44 @@ auth:
         assert_eq!(c.subscribers.buffer_events, 1000);
         assert_eq!(c.auth.cookie, "millrace_token");
         assert_eq!(c.limits.max_subscribers, 10_000);
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.max_connections, 12_000);
+        assert_eq!(c.http.max_connections_per_ip, 256);
+        assert!(c.http.trusted_proxies.is_empty());
+        assert_eq!(c.limits.history_wait, Duration::from_secs(5));
+        assert_eq!(c.limits.max_response_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn connection_and_response_limits_are_checked() {
+        let text = r#"
+gateway: g
+topics: [{topic: t}]
+auth: {mode: open}
+http:
+  header_read_timeout: 1ms
+  max_connections: 50
+  max_connections_per_ip: 60
+  trusted_proxies: ["10.0.0.0/8", "10.0.0.1/33", "proxy.example"]
+limits: {max_response_bytes: 0, history_wait: 0s, max_rest_requests: 0}
+"#;
+        let c = parse(text, Path::new("g.yaml"), &no_env).expect("parses");
+        let paths: Vec<String> = validate(&c).into_iter().map(|i| i.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "http.max_connections",
+                "http.max_connections_per_ip",
+                "http.trusted_proxies[1]",
+                "http.trusted_proxies[2]",
+                "limits.max_response_bytes",
+                "limits.max_rest_requests",
+                "http.header_read_timeout",
+                "limits.history_wait",
+            ],
+            "{:?}",
+            validate(&c)
+        );
     }
 
     #[test]

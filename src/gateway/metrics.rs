@@ -30,6 +30,10 @@ pub struct GatewayMetrics {
     pub tail_records: IntCounterVec,
     /// Subscribers reading history from Kafka now.
     pub history_readers: IntGauge,
+    /// Connections open now (API listener).
+    pub connections: IntGauge,
+    /// Connections closed at accept, by limit (`total`, `per_ip`).
+    pub connections_refused: IntCounterVec,
     /// Times a subscriber fell off a live tail's shared buffer and went back
     /// to reading Kafka, by topic.
     pub live_lagged: IntCounterVec,
@@ -104,6 +108,16 @@ impl GatewayMetrics {
             "Subscribers reading history from Kafka",
         ));
         must(registry.register(Box::new(history_readers.clone())));
+        let connections = must(IntGauge::new(
+            "millrace_gateway_connections",
+            "Connections open on the API listener",
+        ));
+        must(registry.register(Box::new(connections.clone())));
+        let connections_refused = counter(
+            "millrace_gateway_connections_refused_total",
+            "Connections closed at accept, by the limit reached",
+            &["limit"],
+        );
         let delivery_latency = must(HistogramVec::new(
             HistogramOpts::new(
                 "millrace_gateway_delivery_latency_seconds",
@@ -129,6 +143,8 @@ impl GatewayMetrics {
             filter_errors,
             tail_records,
             history_readers,
+            connections,
+            connections_refused,
             live_lagged,
         }
     }

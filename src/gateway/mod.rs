@@ -12,7 +12,8 @@
 //! - [`session`] opens a subscription; [`sse`] and [`ws`] are the
 //!   transports; [`rest`] the REST endpoints; [`server`] the router, CORS,
 //!   ops endpoints and shutdown.
-//! - [`auth`] (JWT), [`limits`], [`request`] (admission and errors),
+//! - [`auth`] (JWT), [`limits`], [`listener`] (connection limits),
+//!   [`proxies`] (who the client is), [`request`] (admission and errors),
 //!   [`query`] (parameters), [`selection`] (keys and filters), [`record`]
 //!   (what subscribers receive), [`decode`] (value formats; the Avro seam).
 //! - [`dashboard`]: the live telemetry page at `/dashboard`.
@@ -30,6 +31,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outbox;
 pub mod position;
+pub mod proxies;
 pub mod pump;
 pub mod query;
 pub mod record;
@@ -59,8 +61,12 @@ pub struct Gateway {
     pub auth: auth::Authenticator,
     pub limits: Arc<limits::SubscriberLimits>,
     pub rate: limits::RateLimiter,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub proxies: proxies::TrustedProxies,
     /// One permit per history reader that may run.
     pub history_permits: Arc<Semaphore>,
+    /// One permit per REST response (`/latest`, `/records`) being built.
+    pub rest_permits: Arc<Semaphore>,
     /// Settings of history readers.
     pub history_client: ClientConfig,
     /// Becomes true when the gateway starts shutting down.

@@ -17,6 +17,11 @@
 //!    missing (history read it) and nothing at or above `L` is missing (the
 //!    receiver has it), so there is no gap and no duplicate.
 //!
+//! History readers are shared (`limits.max_history_readers`): one whose
+//! client stops taking records gives its reader back after
+//! `limits.history_stall_timeout` and opens a new one at its position when
+//! the client reads again, so stalled clients cannot hold every reader.
+//!
 //! Live records go through the subscriber's policy when the client is
 //! slow. If the subscriber falls so far behind that the tail's shared ring
 //! overwrote records it had not taken, it starts a new round from `P`: it
@@ -24,6 +29,7 @@
 
 use std::sync::Arc;
 
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::Gateway;
@@ -40,6 +46,9 @@ pub struct Pump {
     pub selection: Selection,
     pub outbox: Arc<Outbox>,
     pub position: Position,
+    /// A history reader's place taken when the subscription opened (so
+    /// that a busy gateway could still answer 503); used by the first round.
+    pub history_permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Pump {
@@ -67,7 +76,7 @@ impl Pump {
                 match live.recv().await {
                     Ok(record) => {
                         if self.position.advance(record.partition, record.offset)
-                            && !self.deliver(record, true).await
+                            && !self.deliver_live(record)
                         {
                             return Ok(());
                         }
@@ -92,29 +101,42 @@ impl Pump {
     /// Reads history until everything below `live_at` has been read.
     /// Returns false when the subscription ended meanwhile.
     async fn catch_up(&mut self, live_at: &Position) -> Result<bool, String> {
-        let permit = self
-            .gateway
-            .history_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| "the gateway is stopping".to_string())?;
-        if self.outbox.is_closed() {
-            return Ok(false);
-        }
-        let mut reader = HistoryReader::open(
-            &self.gateway.history_client,
-            &self.hub.name,
-            self.hub.decoder.clone(),
-            &self.position,
-            permit,
-            self.gateway.metrics.history_readers.clone(),
-        )?;
-        while !reader.read_to().reached(live_at) {
-            match reader.next().await? {
+        // None after a stall gave the reader back; reopened when needed.
+        let mut reader: Option<HistoryReader> = None;
+        loop {
+            let current = match reader.as_mut() {
+                Some(r) => r,
+                None => {
+                    let permit = match self.history_permit.take() {
+                        Some(p) => p,
+                        None => self.gateway.history_permit().await.map_err(|e| e.message)?,
+                    };
+                    if self.outbox.is_closed() {
+                        return Ok(false);
+                    }
+                    reader.insert(HistoryReader::open(
+                        &self.gateway.history_client,
+                        &self.hub.name,
+                        self.hub.decoder.clone(),
+                        &self.position,
+                        permit,
+                        self.gateway.metrics.history_readers.clone(),
+                    )?)
+                }
+            };
+            if current.read_to().reached(live_at) {
+                // The reader has read everything below its read-to
+                // position; what lies between the last record and it is
+                // markers or aborted records.
+                for (p, at) in current.read_to().offsets().iter().enumerate() {
+                    self.position.raise(p as i32, *at);
+                }
+                return Ok(true);
+            }
+            match current.next().await? {
                 Read::Record(record) => {
                     if self.position.advance(record.partition, record.offset)
-                        && !self.deliver(record, false).await
+                        && !self.deliver_history(record, &mut reader).await
                     {
                         return Ok(false);
                     }
@@ -122,21 +144,52 @@ impl Pump {
                 Read::End(_) => {}
             }
         }
-        // The reader has read everything below its read-to position; what
-        // lies between the last record and it is markers or aborted records.
-        for (p, at) in reader.read_to().offsets().iter().enumerate() {
-            self.position.raise(p as i32, *at);
-        }
-        Ok(true)
     }
 
-    /// Delivers a record already counted in the position if it matches.
+    /// Delivers a history record at the client's pace. If the client takes
+    /// nothing for `limits.history_stall_timeout`, the reader is given back
+    /// (`*reader = None`) while the record waits for room. Returns false
+    /// when the subscription has ended.
+    async fn deliver_history(
+        &mut self,
+        record: Arc<Record>,
+        reader: &mut Option<HistoryReader>,
+    ) -> bool {
+        let Some(item) = self.item(record, false) else {
+            return !self.outbox.is_closed();
+        };
+        let outbox = self.outbox.clone();
+        let push = outbox.push_paced(item);
+        tokio::pin!(push);
+        let stall = self.gateway.config.limits.history_stall_timeout;
+        let pushed = match tokio::time::timeout(stall, push.as_mut()).await {
+            Ok(pushed) => pushed,
+            Err(_) => {
+                tracing::debug!(topic = %self.hub.name, "client stalled; history reader given back");
+                *reader = None;
+                push.await
+            }
+        };
+        self.counted(pushed)
+    }
+
+    /// Delivers a live record (the policy applies if the client is slow).
     /// Returns false when the subscription has ended.
-    async fn deliver(&mut self, record: Arc<Record>, live: bool) -> bool {
+    fn deliver_live(&self, record: Arc<Record>) -> bool {
+        let Some(item) = self.item(record, true) else {
+            return !self.outbox.is_closed();
+        };
+        let pushed = self.outbox.push(item);
+        self.counted(pushed)
+    }
+
+    /// The item for a record already counted in the position, if it
+    /// matches the subscriber's selection.
+    fn item(&self, record: Arc<Record>, live: bool) -> Option<Item> {
         let topic = &self.hub.name;
         match self.selection.matches(&record) {
             Match::Yes => {}
-            Match::No => return !self.outbox.is_closed(),
+            Match::No => return None,
             Match::FilterError(e) => {
                 tracing::debug!(%topic, error = %e, "filter failed on a record");
                 self.gateway
@@ -144,19 +197,19 @@ impl Pump {
                     .filter_errors
                     .with_label_values(&[topic])
                     .inc();
-                return !self.outbox.is_closed();
+                return None;
             }
         }
-        let item = Item {
+        Some(Item {
             record,
             position: self.position.token(),
             live,
-        };
-        let pushed = if live {
-            self.outbox.push(item)
-        } else {
-            self.outbox.push_paced(item).await
-        };
+        })
+    }
+
+    /// Counts what the outbox did with an item; false when it is closed.
+    fn counted(&self, pushed: Pushed) -> bool {
+        let topic = &self.hub.name;
         match pushed {
             Pushed::Queued => true,
             Pushed::Conflated => {

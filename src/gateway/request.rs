@@ -11,6 +11,7 @@ use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::Gateway;
 use super::auth::{AuthError, Principal};
@@ -22,7 +23,7 @@ use super::tail::TopicHub;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
-    /// For 429: when to retry.
+    /// For 429 and 503: when to retry.
     pub retry_after: Option<Duration>,
 }
 
@@ -71,14 +72,22 @@ impl IntoResponse for ApiError {
 }
 
 impl Gateway {
-    /// Rate limit, authentication, topic lookup and authorization.
+    /// The client behind a connection from `peer`: `peer`, or the
+    /// `X-Forwarded-For` client when `peer` is a trusted proxy.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        self.proxies.client(peer, headers)
+    }
+
+    /// Rate limit, authentication, topic lookup and authorization. `peer`
+    /// is the TCP peer; the client is resolved through trusted proxies.
     pub fn admit(
         &self,
         topic: &str,
         headers: &HeaderMap,
         query: &[(String, String)],
-        client: IpAddr,
+        peer: IpAddr,
     ) -> Result<(Principal, Arc<TopicHub>), ApiError> {
+        let client = self.client(peer, headers);
         self.check_rate(client)?;
         let principal = self
             .auth
@@ -110,6 +119,38 @@ impl Gateway {
                 ),
             );
             e.retry_after = Some(wait);
+            self.rejected(e)
+        })
+    }
+
+    /// A place for a history reader, waiting at most
+    /// `limits.history_wait`: 503 with `Retry-After` when every reader stays
+    /// busy that long, rather than a request that hangs.
+    pub async fn history_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        let wait = self.config.limits.history_wait;
+        match tokio::time::timeout(wait, self.history_permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(ApiError::unavailable("the gateway is stopping")),
+            Err(_) => {
+                let mut e = ApiError::unavailable(format!(
+                    "all {} history readers are busy; retry shortly",
+                    self.config.limits.max_history_readers
+                ));
+                e.retry_after = Some(Duration::from_secs(1));
+                Err(self.rejected(e))
+            }
+        }
+    }
+
+    /// A place for one REST response being built, or 503 with
+    /// `Retry-After` when `limits.max_rest_requests` are.
+    pub fn rest_permit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.rest_permits.clone().try_acquire_owned().map_err(|_| {
+            let mut e = ApiError::unavailable(format!(
+                "the gateway is answering its maximum of {} REST requests; retry shortly",
+                self.config.limits.max_rest_requests
+            ));
+            e.retry_after = Some(Duration::from_secs(1));
             self.rejected(e)
         })
     }

@@ -8,8 +8,13 @@
 //! - `GET /v1/topics/{topic}/records?start=...&limit=...[&key=...][&filter=...]`:
 //!   a page of records from a position (default `earliest`), each with the
 //!   position after it, and `next`, the position to ask for the next page.
-//!   A page ends at `limit` records, at the end of every partition, or
-//!   after a few seconds.
+//!   A page ends at `limit` records, at the end of every partition, after a
+//!   few seconds, or before it would exceed `limits.max_response_bytes`.
+//!
+//! Responses are bounded in bytes (`limits.max_response_bytes`: a page ends
+//! early, `/latest` beyond it is refused — select keys) and in number at
+//! once (`limits.max_rest_requests`), so that no request, or burst of
+//! them, makes the gateway build unbounded bodies.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -31,8 +36,6 @@ use super::selection::{Match, Selection};
 
 /// Longest time one page read takes.
 const PAGE_TIME: Duration = Duration::from_secs(5);
-/// Longest wait for a history reader for a page.
-const PAGE_WAIT: Duration = Duration::from_secs(5);
 
 pub async fn topics(
     State(gw): State<Arc<Gateway>>,
@@ -42,10 +45,11 @@ pub async fn topics(
 ) -> Response {
     let result = async {
         let pairs = query::pairs(raw.as_deref()).map_err(ApiError::bad_request)?;
-        gw.check_rate(client.ip())?;
+        let client = gw.client(client.ip(), &headers);
+        gw.check_rate(client)?;
         let principal = gw
             .auth
-            .authenticate(&headers, &pairs, client.ip())
+            .authenticate(&headers, &pairs, client)
             .map_err(|e| gw.rejected(e.into()))?;
         let mut out = Vec::new();
         for topic in &gw.config.topics {
@@ -89,6 +93,7 @@ pub async fn latest(
     let result = (|| {
         let pairs = query::pairs(raw.as_deref()).map_err(ApiError::bad_request)?;
         let (principal, hub) = gw.admit(&topic, &headers, &pairs, client.ip())?;
+        let _permit = gw.rest_permit()?;
         let params = Params::parse(
             &pairs,
             Endpoint::Latest,
@@ -107,8 +112,23 @@ pub async fn latest(
                     .as_ref()
                     .is_none_or(|ps| ps.iter().any(|p| key.starts_with(p)))
         });
+        // Measured before anything is copied.
+        let max = gw.config.limits.max_response_bytes;
+        let size = records
+            .iter()
+            .map(|r| r.envelope().len() + 1)
+            .sum::<usize>()
+            + topic.len()
+            + 32;
+        if size > max {
+            return Err(gw.rejected(ApiError::bad_request(format!(
+                "the latest values of `{topic}` are {size} bytes, above the response limit of \
+                 {max} (limits.max_response_bytes): select keys with `key=`"
+            ))));
+        }
         // The envelopes are JSON already: splice them instead of re-parsing.
-        let mut body = String::from("{\"topic\":");
+        let mut body = String::with_capacity(size);
+        body.push_str("{\"topic\":");
         body.push_str(&serde_json::Value::String(topic.clone()).to_string());
         body.push_str(",\"records\":[");
         for (i, r) in records.iter().enumerate() {
@@ -181,17 +201,11 @@ async fn page(
         gw.config.limits.max_filter_bytes,
     )
     .map_err(|e| gw.rejected(ApiError::bad_request(e)))?;
+    let _rest = gw.rest_permit()?;
     let start = params.start.clone().unwrap_or(Start::Earliest);
     let mut position = gw.resolve_start(&hub, &start).await?;
 
-    let permit = tokio::time::timeout(PAGE_WAIT, gw.history_permits.clone().acquire_owned())
-        .await
-        .map_err(|_| {
-            gw.rejected(ApiError::unavailable(
-                "every history reader is busy; retry shortly",
-            ))
-        })?
-        .map_err(|_| ApiError::unavailable("the gateway is stopping"))?;
+    let permit = gw.history_permit().await?;
     let mut reader = HistoryReader::open(
         &gw.history_client,
         topic,
@@ -202,6 +216,13 @@ async fn page(
     )
     .map_err(ApiError::unavailable)?;
 
+    // Room left for records after the `next` position and brackets.
+    let max_bytes = gw
+        .config
+        .limits
+        .max_response_bytes
+        .saturating_sub(position.token().len() * 2 + 64);
+    let mut full = false;
     let mut body = String::from("{\"records\":[");
     let mut count = 0;
     let mut ended: HashSet<i32> = HashSet::new();
@@ -213,14 +234,24 @@ async fn page(
         };
         match read {
             Read::Record(record) => {
+                let before = position.clone();
                 if !position.advance(record.partition, record.offset) {
                     continue;
                 }
                 if selection.matches(&record) == Match::Yes {
+                    let text = record.ws_text(&position.token());
+                    // A page holds at least one record, so that paging
+                    // always moves; the record that does not fit starts
+                    // the next page.
+                    if count > 0 && body.len() + 1 + text.len() > max_bytes {
+                        position = before;
+                        full = true;
+                        break;
+                    }
                     if count > 0 {
                         body.push(',');
                     }
-                    body.push_str(&record.ws_text(&position.token()));
+                    body.push_str(&text);
                     count += 1;
                 }
             }
@@ -231,9 +262,12 @@ async fn page(
     }
     // Every record the reader returned went through `position`; what lies
     // between it and the reader's read-to position is transaction markers
-    // or aborted records, so the next page may start past them.
-    for (p, at) in reader.read_to().offsets().iter().enumerate() {
-        position.raise(p as i32, *at);
+    // or aborted records, so the next page may start past them. Not when
+    // the page was full: the reader has read the record that did not fit.
+    if !full {
+        for (p, at) in reader.read_to().offsets().iter().enumerate() {
+            position.raise(p as i32, *at);
+        }
     }
     body.push_str("],\"next\":");
     body.push_str(&serde_json::Value::String(position.token()).to_string());

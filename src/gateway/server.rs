@@ -22,14 +22,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tracing::{error, info, warn};
+use tower_service::Service;
+use tracing::{debug, error, info, warn};
 
 use super::auth::Authenticator;
 use super::config::{self, GatewayConfig};
@@ -37,8 +43,9 @@ use super::decode::Decoder;
 use super::kafka::{self, Meta};
 use super::latest::Latest;
 use super::limits::{RateLimiter, SubscriberLimits};
-use super::listener::{ClientAddr, StallListener};
+use super::listener::{ClientAddr, ConnectionGate, StallListener};
 use super::metrics::GatewayMetrics;
+use super::proxies::TrustedProxies;
 use super::tail::{self, TopicHub};
 use super::{Gateway, dashboard, rest, sse, ws};
 
@@ -158,6 +165,7 @@ async fn serve(config: GatewayConfig, auth: Authenticator) -> ExitCode {
     let gateway = Arc::new(Gateway {
         history_client: kafka::consumer_config(&config, "history"),
         history_permits: Arc::new(Semaphore::new(config.limits.max_history_readers)),
+        rest_permits: Arc::new(Semaphore::new(config.limits.max_rest_requests)),
         limits: SubscriberLimits::new(
             config.limits.max_subscribers,
             config.limits.max_subscribers_per_token,
@@ -166,6 +174,7 @@ async fn serve(config: GatewayConfig, auth: Authenticator) -> ExitCode {
             config.limits.requests_per_second,
             config.limits.request_burst,
         ),
+        proxies: TrustedProxies::new(&config.http.trusted_proxies),
         hubs,
         meta,
         metrics,
@@ -197,6 +206,7 @@ async fn serve_http(gateway: Arc<Gateway>, shutdown_tx: watch::Sender<bool>) -> 
     };
     let ops = ops_router(gateway.clone());
     let mut app = api_router(gateway.clone());
+    let header_timeout = config.http.header_read_timeout;
     match &config.http.ops_listen {
         None => app = app.merge(ops),
         Some(listen) => match TcpListener::bind(listen).await {
@@ -204,10 +214,19 @@ async fn serve_http(gateway: Arc<Gateway>, shutdown_tx: watch::Sender<bool>) -> 
                 if let Ok(addr) = l.local_addr() {
                     info!(%addr, "serving /metrics, /healthz and /readyz");
                 }
+                // Its own gate: a flood of the API port must not blind the
+                // operators' view.
+                let gate = ConnectionGate::new(
+                    OPS_MAX_CONNECTIONS,
+                    OPS_MAX_CONNECTIONS,
+                    TrustedProxies::default(),
+                    None,
+                );
+                let l = StallListener::new(l, config.subscribers.write_timeout, gate);
+                // Runs until the process exits: its stop signal never comes.
                 tokio::spawn(async move {
-                    if let Err(e) = axum::serve(l, ops).await {
-                        error!(error = %e, "operations endpoint failed");
-                    }
+                    let (_never_sent, never) = watch::channel(false);
+                    serve_connections(l, ops, header_timeout, never).await;
                 });
             }
             Err(e) => {
@@ -216,8 +235,14 @@ async fn serve_http(gateway: Arc<Gateway>, shutdown_tx: watch::Sender<bool>) -> 
             }
         },
     }
-    let listener = StallListener::new(listener, config.subscribers.write_timeout);
-    if let Ok(addr) = axum::serve::Listener::local_addr(&listener) {
+    let gate = ConnectionGate::new(
+        config.http.max_connections,
+        config.http.max_connections_per_ip,
+        TrustedProxies::new(&config.http.trusted_proxies),
+        Some(gateway.metrics.clone()),
+    );
+    let listener = StallListener::new(listener, config.subscribers.write_timeout, gate);
+    if let Ok(addr) = listener.local_addr() {
         info!(%addr, topics = config.topics.len(), "gateway listening");
     }
     let timeout = config.shutdown.timeout;
@@ -230,15 +255,8 @@ async fn serve_http(gateway: Arc<Gateway>, shutdown_tx: watch::Sender<bool>) -> 
         shutdown_tx.send_replace(true);
         // Dropping the sender is fine: receivers keep the last value.
     });
-    let mut stopping = gateway.shutdown.clone();
     let mut stopped = gateway.shutdown.clone();
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<ClientAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stopping.wait_for(|s| *s).await;
-    });
+    let server = serve_connections(listener, app, header_timeout, gateway.shutdown.clone());
     // A client that ignores the disconnect must not hold the process past
     // the timeout.
     let deadline = async move {
@@ -246,17 +264,13 @@ async fn serve_http(gateway: Arc<Gateway>, shutdown_tx: watch::Sender<bool>) -> 
         tokio::time::sleep(timeout).await;
     };
     tokio::pin!(deadline);
-    let result = tokio::select! {
-        result = server => result,
+    tokio::select! {
+        () = server => {}
         _ = &mut deadline => {
             warn!(?timeout, "connections still open after the shutdown timeout; closing them");
             return ExitCode::SUCCESS;
         }
     };
-    if let Err(e) = result {
-        error!(error = %e, "server failed");
-        return ExitCode::FAILURE;
-    }
     // WebSocket connections left the HTTP server when they upgraded: give
     // them the same time to send their close frames.
     let drained = async {
@@ -269,6 +283,81 @@ async fn serve_http(gateway: Arc<Gateway>, shutdown_tx: watch::Sender<bool>) -> 
         _ = &mut deadline => warn!("subscribers still open after the shutdown timeout"),
     }
     ExitCode::SUCCESS
+}
+
+/// Connections the separate operations listener holds at once.
+const OPS_MAX_CONNECTIONS: usize = 64;
+
+/// Serves HTTP/1.1 (with upgrades, for WebSocket) on every connection the
+/// listener admits, until `stop` turns true; then stops accepting, lets
+/// each connection finish its current response (subscriptions end by
+/// themselves on the same signal), and returns once all have closed.
+///
+/// This is axum's `serve` loop with what it does not expose: the header
+/// read timeout, which closes a connection that has not sent a complete
+/// request head within `header_timeout` of opening or of its previous
+/// response. HTTP/2 is not offered: without TLS browsers never use it, and
+/// its cleartext preface read has no timeout.
+async fn serve_connections(
+    mut listener: StallListener,
+    app: Router,
+    header_timeout: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    // Every connection task holds a receiver; `closed()` tells when all
+    // are gone.
+    let (open_tx, open_rx) = watch::channel(());
+    let mut stopping = stop.clone();
+    loop {
+        let (io, addr) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = until_true(&mut stopping) => break,
+        };
+        let app = app.clone();
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
+            let mut request = request.map(Body::new);
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(ClientAddr(addr)));
+            // A Router is always ready: no `poll_ready` needed.
+            let mut app = app.clone();
+            app.call(request)
+        });
+        let connection = http
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let mut stop = stop.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(e) = result {
+                        debug!(%addr, error = %e, "connection ended");
+                    }
+                }
+                () = until_true(&mut stop) => {
+                    // Idle keep-alive connections close now; one in the
+                    // middle of a response closes after it.
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    drop(open_rx);
+    open_tx.closed().await;
+}
+
+/// Waits for a watched flag to turn true (or its sender to go).
+async fn until_true(flag: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here.
+    let _ = flag.wait_for(|s| *s).await.map(|_| ());
 }
 
 fn api_router(gateway: Arc<Gateway>) -> Router {

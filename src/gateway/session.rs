@@ -133,6 +133,13 @@ impl Session {
             .acquire(&principal.subject)
             .map_err(|why| gw.rejected(ApiError::new(StatusCode::TOO_MANY_REQUESTS, why)))?;
         let position = gw.resolve_start(&hub, &start).await?;
+        // A start in the past needs a history reader: wait for one here,
+        // bounded, so that a busy gateway answers 503 instead of a stream
+        // that never moves.
+        let history_permit = match hub.position() {
+            Some(live) if !position.reached(&live) => Some(gw.history_permit().await?),
+            _ => None,
+        };
         let policy = params.policy.unwrap_or(hub.policy);
         let outbox = Outbox::new(
             policy,
@@ -147,6 +154,7 @@ impl Session {
                 selection,
                 outbox: outbox.clone(),
                 position,
+                history_permit,
             }
             .run(),
         );
