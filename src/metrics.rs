@@ -92,7 +92,7 @@ impl Metrics {
         let transactions = must(IntCounterVec::new(
             Opts::new(
                 "millrace_transactions_total",
-                "Transactions ended, by outcome",
+                "Transactions ended, by outcome (committed, aborted, abandoned: a producer stuck in librdkafka)",
             ),
             &["outcome"],
         ));

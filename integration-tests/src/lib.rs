@@ -415,6 +415,11 @@ impl Millrace {
         Millrace::start_command("gateway", yaml, bootstrap())
     }
 
+    /// [`Millrace::start_gateway`] against the broker at `bootstrap`.
+    pub fn start_gateway_on(bootstrap: &str, yaml: &str) -> anyhow::Result<Millrace> {
+        Millrace::start_command("gateway", yaml, bootstrap)
+    }
+
     fn start_command(
         subcommand: &'static str,
         yaml: &str,

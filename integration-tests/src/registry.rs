@@ -18,6 +18,7 @@ pub struct Registry {
     child: Option<Child>,
     pub port: u16,
     pub topic: String,
+    bootstrap: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
     http: reqwest::blocking::Client,
@@ -26,11 +27,17 @@ pub struct Registry {
 impl Registry {
     /// Starts an instance serving `topic` and waits until it is ready.
     pub fn start(topic: &str) -> anyhow::Result<Registry> {
+        Registry::start_on(bootstrap(), topic)
+    }
+
+    /// [`Registry::start`] against the broker (or cluster) at `bootstrap`.
+    pub fn start_on(bootstrap: &str, topic: &str) -> anyhow::Result<Registry> {
         let dir = tempfile::tempdir()?;
         let mut registry = Registry {
             child: None,
             port: free_port(),
             topic: topic.to_string(),
+            bootstrap: bootstrap.to_string(),
             log: dir.path().join("registry.log"),
             _dir: dir,
             http: reqwest::blocking::Client::builder()
@@ -52,7 +59,7 @@ impl Registry {
             .args(["registry", "--listen"])
             .arg(format!("127.0.0.1:{}", self.port))
             .args(["--topic", &self.topic])
-            .env("MILLRACE_BOOTSTRAP", bootstrap())
+            .env("MILLRACE_BOOTSTRAP", &self.bootstrap)
             .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
             .stdout(Stdio::null())
             .stderr(log)

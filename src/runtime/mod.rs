@@ -605,7 +605,7 @@ impl Worker<'_> {
         let fencing = rebalance::fencing_offsets(consumer, &self.resumed_at);
         self.with_txn(|t| {
             t.include_positions(&fencing);
-            t.commit(&group, &commit_offsets)
+            t.commit(group, &commit_offsets)
         })
     }
 

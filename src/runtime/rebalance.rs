@@ -132,7 +132,7 @@ impl EosContext {
         let mut slot = lock(&self.txn);
         if let Some(txn) = slot.as_mut() {
             txn.include_positions(&fencing);
-            if let Err(e) = txn.commit(&group, &commit_offsets) {
+            if let Err(e) = txn.commit(group, &commit_offsets) {
                 txn.set_failure(format!("commit at revocation: {e}"));
             }
         }

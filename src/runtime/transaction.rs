@@ -36,6 +36,12 @@ pub enum TxnError {
     /// The producer is fenced or broken and must be recreated.
     #[error("producer failed: {0}")]
     Fatal(String),
+    /// A call into librdkafka did not return within its timeout and is
+    /// still blocked: the producer must not be touched again (not even to
+    /// abort) and is abandoned to the thread that waits in it; a new
+    /// producer with the same transactional id fences it.
+    #[error("producer stuck: {0}")]
+    Stuck(String),
     /// The transaction committed but the local state could not record it;
     /// the next owner of the task restores the missing tail from the
     /// changelog.
@@ -95,13 +101,19 @@ struct PendingCounts {
     dead_lettered: HashMap<(String, &'static str), u64>,
 }
 
+/// How long past its deadline a transactional call may stay blocked before
+/// its producer is abandoned (see [`Transaction::send_offsets`]).
+const STUCK_GRACE: Duration = Duration::from_secs(5);
+
 /// Sleep between checks while waiting for deliveries (before a commit, or
 /// for room in a full producer queue).
 const DELIVERY_WAIT: Duration = Duration::from_micros(200);
 
 /// The producer and everything in its open transaction.
 pub struct Transaction {
-    producer: BaseProducer<DeliveryLog>,
+    /// Shared only with a thread waiting in a call that may outlive its
+    /// timeout (see [`Transaction::send_offsets`]).
+    producer: Arc<BaseProducer<DeliveryLog>>,
     open: bool,
     opened_at: Instant,
     /// Next offset to read, per consumed partition.
@@ -139,7 +151,7 @@ impl Transaction {
                 .map_err(|e| TxnError::Fatal(format!("init_transactions: {e}")))?;
         }
         Ok(Transaction {
-            producer,
+            producer: Arc::new(producer),
             open: false,
             opened_at: Instant::now(),
             offsets: BTreeMap::new(),
@@ -312,7 +324,7 @@ impl Transaction {
     /// offsets.
     pub fn commit(
         &mut self,
-        group: &ConsumerGroupMetadata,
+        group: ConsumerGroupMetadata,
         commit_offsets: OffsetCommitter<'_>,
     ) -> Result<(), TxnError> {
         if !self.open {
@@ -378,6 +390,17 @@ impl Transaction {
             // aborted its transaction. Forget it here; the caller rebuilds.
             Err(e @ TxnError::Fatal(_)) => {
                 warn!(error = %e, "commit failed; the producer is fenced");
+                self.forget();
+            }
+            // A producer blocked in a call cannot abort either: the new
+            // producer's init_transactions fences it and aborts its
+            // transaction on the broker.
+            Err(e @ TxnError::Stuck(_)) => {
+                warn!(error = %e, "commit failed; the producer is abandoned");
+                self.metrics
+                    .transactions
+                    .with_label_values(&["abandoned"])
+                    .inc();
                 self.forget();
             }
             Err(e) => {
@@ -446,15 +469,12 @@ impl Transaction {
         Ok(())
     }
 
-    fn try_commit(&mut self, group: &ConsumerGroupMetadata) -> Result<(), TxnError> {
+    fn try_commit(&mut self, group: ConsumerGroupMetadata) -> Result<(), TxnError> {
         let tpl = self.offset_list()?;
         let started = Instant::now();
         let deadline = started + self.timeout;
         if tpl.count() > 0 {
-            retry_until(deadline, || {
-                self.producer
-                    .send_offsets_to_transaction(&tpl, group, remaining(deadline))
-            })?;
+            self.send_offsets(tpl, group, deadline)?;
         }
         debug!(
             offsets_ms = started.elapsed().as_millis() as u64,
@@ -465,6 +485,43 @@ impl Transaction {
         retry_until(deadline, || {
             self.producer.commit_transaction(remaining(deadline))
         })
+    }
+
+    /// Adds the consumed offsets to the transaction, retrying until
+    /// `deadline`. librdkafka's `send_offsets_to_transaction` can block far
+    /// past its timeout when the group coordinator's broker dies (its
+    /// coordinator lookup waits for a broker state change that may never
+    /// come: librdkafka issues #5456 and #5511, open in 2.12; seen here in
+    /// `tests/cluster.rs` as a pipeline stalled for minutes). So the call
+    /// runs on its own thread, and if it has not returned [`STUCK_GRACE`]
+    /// after the deadline the producer is given up as [`TxnError::Stuck`].
+    fn send_offsets(
+        &self,
+        offsets: TopicPartitionList,
+        group: ConsumerGroupMetadata,
+        deadline: Instant,
+    ) -> Result<(), TxnError> {
+        let producer = Arc::clone(&self.producer);
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("millrace-txn-offsets".into())
+            .spawn(move || {
+                let outcome = retry_until(deadline, || {
+                    producer.send_offsets_to_transaction(&offsets, &group, remaining(deadline))
+                });
+                // The receiver is gone when this call was given up on.
+                let _ = done.send(outcome);
+            })
+            .map_err(|e| TxnError::Fatal(format!("starting the offsets thread: {e}")))?;
+        let wait = deadline.saturating_duration_since(Instant::now()) + STUCK_GRACE;
+        match result.recv_timeout(wait) {
+            Ok(outcome) => outcome,
+            Err(_) => Err(TxnError::Stuck(format!(
+                "send_offsets_to_transaction did not return within {:?} of its {:?} timeout \
+                 (the group coordinator's broker is unreachable?)",
+                STUCK_GRACE, self.timeout
+            ))),
+        }
     }
 
     /// Waits until every record produced so far is delivered (or failed)

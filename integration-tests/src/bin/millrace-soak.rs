@@ -48,6 +48,10 @@ enum Which {
     Pipeline,
     Broker,
     Network,
+    /// On a private 3-node cluster: rolling restarts, partition-leader
+    /// kills and transaction-coordinator kills, with a gateway subscriber
+    /// and a registry running beside the pipeline.
+    Cluster,
 }
 
 /// Faults per round: enough to land in every phase (start-up, restore,
@@ -57,6 +61,7 @@ fn faults_per_round(matrix: Matrix) -> usize {
         Matrix::PipelineKill => 8,
         Matrix::BrokerKill => 3,
         Matrix::Network => 6,
+        Matrix::RollingRestart | Matrix::LeaderKill | Matrix::CoordinatorKill => 3,
     }
 }
 
@@ -72,10 +77,15 @@ fn main() -> anyhow::Result<()> {
     } else {
         cli.matrix
             .iter()
-            .map(|w| match w {
-                Which::Pipeline => Matrix::PipelineKill,
-                Which::Broker => Matrix::BrokerKill,
-                Which::Network => Matrix::Network,
+            .flat_map(|w| match w {
+                Which::Pipeline => vec![Matrix::PipelineKill],
+                Which::Broker => vec![Matrix::BrokerKill],
+                Which::Network => vec![Matrix::Network],
+                Which::Cluster => vec![
+                    Matrix::RollingRestart,
+                    Matrix::LeaderKill,
+                    Matrix::CoordinatorKill,
+                ],
             })
             .collect()
     };
@@ -86,7 +96,18 @@ fn main() -> anyhow::Result<()> {
         .join(" ");
     let started_text = started_at();
     let budget = Duration::from_secs_f64(cli.minutes * 60.0);
-    let lab = Lab::start_proxied().context("starting the private broker and toxiproxy")?;
+    // Only the labs the chosen matrices need: a single proxied node, a
+    // 3-node cluster, or both.
+    let lab = if matrices.iter().any(|m| !m.is_cluster()) {
+        Some(Lab::start_proxied().context("starting the private broker and toxiproxy")?)
+    } else {
+        None
+    };
+    let cluster = if matrices.iter().any(|m| m.is_cluster()) {
+        Some(Lab::start_cluster().context("starting the private cluster")?)
+    } else {
+        None
+    };
     let started = Instant::now();
     let mut rounds = Vec::new();
     while started.elapsed() < budget {
@@ -98,8 +119,14 @@ fn main() -> anyhow::Result<()> {
         } else {
             Promise::ExactlyOnce
         };
+        let lab = if matrix.is_cluster() {
+            cluster.as_ref()
+        } else {
+            lab.as_ref()
+        }
+        .context("no lab for the matrix")?;
         let round = match run_promising(
-            &lab,
+            lab,
             matrix,
             cli.faults_per_round
                 .unwrap_or_else(|| faults_per_round(matrix)),
@@ -113,7 +140,7 @@ fn main() -> anyhow::Result<()> {
                     matrix.name(),
                     outcome.verdict.describe()
                 ));
-                Round::Done(outcome)
+                Round::Done(Box::new(outcome))
             }
             Err(e) => {
                 progress(&format!(
@@ -180,6 +207,7 @@ fn machine() -> String {
         .map_or_else(|| "?".into(), |s| s.trim().to_string());
     format!(
         "{cores} cores shared with other work; Millrace {rev} (debug build, as the tests); \
-         Apache Kafka 4.1.1, one private KRaft node on 127.0.0.1."
+         Apache Kafka 4.1.1: one private KRaft node on 127.0.0.1, three for the cluster matrices \
+         (replication factor 3, min.insync.replicas 2)."
     )
 }

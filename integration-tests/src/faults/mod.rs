@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod check;
+pub mod companions;
 pub mod report;
 pub mod scenario;
 pub mod toxiproxy;

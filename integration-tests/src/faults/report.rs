@@ -11,7 +11,7 @@ use super::scenario::Outcome;
 
 /// One round of the soak: its outcome, or why it could not finish.
 pub enum Round {
-    Done(Outcome),
+    Done(Box<Outcome>),
     Failed {
         matrix: &'static str,
         seed: u64,

@@ -23,7 +23,9 @@ use rdkafka::message::Message;
 use serde_json::json;
 
 use super::check::{Reference, Update, Verdict, check};
+use super::companions::{GatewayCheck, GatewayWatch, RegistryCheck, RegistryWatch};
 use super::{PrivateBroker, Toxiproxy, free_ports};
+use crate::registry::Registry;
 use crate::{
     Millrace, create_topics_on, group_caught_up_on, produce_to, producer_on, progress,
     read_committed_on, unique,
@@ -67,6 +69,16 @@ pub enum Matrix {
     /// blackhole longer than the timeouts, connection resets, a bandwidth
     /// limit, and the connection cut.
     Network,
+    /// A replicated cluster ([`Lab::start_cluster`]) restarted one node at
+    /// a time, each stopped gracefully (controlled shutdown) and started
+    /// again, as an upgrade does.
+    RollingRestart,
+    /// SIGKILL of the node leading a partition the pipeline reads or
+    /// writes (input, output or changelog), restarted after a while.
+    LeaderKill,
+    /// SIGKILL of the node hosting the pipeline's transaction coordinator
+    /// (the leader of its `__transaction_state` partition), mid-transaction.
+    CoordinatorKill,
 }
 
 impl Matrix {
@@ -75,7 +87,19 @@ impl Matrix {
             Matrix::PipelineKill => "pipeline SIGKILL",
             Matrix::BrokerKill => "broker SIGKILL",
             Matrix::Network => "network",
+            Matrix::RollingRestart => "rolling restart",
+            Matrix::LeaderKill => "partition leader SIGKILL",
+            Matrix::CoordinatorKill => "transaction coordinator SIGKILL",
         }
+    }
+
+    /// Whether the matrix needs a replicated cluster; its runs also keep a
+    /// gateway subscriber and a registry busy beside the pipeline.
+    pub fn is_cluster(self) -> bool {
+        matches!(
+            self,
+            Matrix::RollingRestart | Matrix::LeaderKill | Matrix::CoordinatorKill
+        )
     }
 }
 
@@ -159,6 +183,20 @@ impl Lab {
         })
     }
 
+    /// A private cluster of three KRaft nodes (replication factor 3,
+    /// `min.insync.replicas` 2); the pipeline bootstraps from all three.
+    pub fn start_cluster() -> anyhow::Result<Lab> {
+        // Node n takes base + 10(n-1) and the port above it.
+        let port = free_ports(22)?;
+        let broker = PrivateBroker::start_cluster(port, 3)?;
+        let pipeline_bootstrap = broker.bootstrap().to_string();
+        Ok(Lab {
+            broker,
+            proxy: None,
+            pipeline_bootstrap,
+        })
+    }
+
     fn proxy(&self) -> anyhow::Result<&Toxiproxy> {
         self.proxy
             .as_ref()
@@ -184,6 +222,9 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// The end of the pipeline's log when the verdict is not exact.
     pub log_tail: String,
+    /// Cluster runs: what the gateway's subscriber and the registry saw.
+    pub gateway: Option<GatewayCheck>,
+    pub registry: Option<RegistryCheck>,
 }
 
 fn key(i: u64) -> String {
@@ -323,8 +364,28 @@ pub fn run_promising(
         std::thread::spawn(move || feed(direct, input, stop))
     };
     let mut millrace = Millrace::start_on(&lab.pipeline_bootstrap, &yaml)?;
+    let mut companions = if matrix.is_cluster() {
+        Some(Companions::start(&direct, &name, &output)?)
+    } else {
+        None
+    };
     let task_dirs = state.path().join(&name);
-    let injected = inject_all(lab, &mut millrace, &input, &task_dirs, matrix, faults, seed);
+    let target = Target {
+        input: &input,
+        output: &output,
+        changelog: &format!("{name}-reduce-0-changelog"),
+        transactional_id: &format!("millrace-{name}-{name}-a"),
+        state_dir: &task_dirs,
+    };
+    let injected = inject_all(
+        lab,
+        &mut millrace,
+        companions.as_mut(),
+        &target,
+        matrix,
+        faults,
+        seed,
+    );
     stop.store(true, Ordering::SeqCst);
     let fed = feeder
         .join()
@@ -370,6 +431,13 @@ pub fn run_promising(
         );
     }
     let verdict = read_verdict(&direct, &output, &reference)?;
+    let (gateway, registry) = match companions {
+        Some(c) => {
+            let (g, r) = c.finish(&direct, &output)?;
+            (Some(g), Some(r))
+        }
+        None => (None, None),
+    };
     let dead_letters = read_committed_on(&direct, &dead)?.len();
     if dead_letters > 0 {
         bail!("{dead_letters} dead letters; none expected");
@@ -389,6 +457,8 @@ pub fn run_promising(
         broker_restarts,
         elapsed: started.elapsed(),
         log_tail,
+        gateway,
+        registry,
     })
 }
 
@@ -407,12 +477,14 @@ struct Injected {
 fn inject_all(
     lab: &Lab,
     millrace: &mut Millrace,
-    input: &str,
-    state_dir: &std::path::Path,
+    mut companions: Option<&mut Companions>,
+    target: &Target<'_>,
     matrix: Matrix,
     faults: usize,
     seed: u64,
 ) -> anyhow::Result<Injected> {
+    let (input, state_dir) = (target.input, target.state_dir);
+    let direct = lab.broker.bootstrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut broker_restarts = Vec::new();
@@ -453,7 +525,45 @@ fn inject_all(
                 }
                 kind
             }
+            Matrix::RollingRestart => {
+                let node = (n % usize::from(lab.broker.nodes())) as u8 + 1;
+                lab.broker.stop_node(node)?;
+                std::thread::sleep(Duration::from_millis(rng.random_range(500..3_000)));
+                broker_restarts.push(lab.broker.restart_node(node)?);
+                "rolling restart"
+            }
+            Matrix::LeaderKill => {
+                let topics = [target.input, target.output, target.changelog];
+                let topic = topics[rng.random_range(0..topics.len())];
+                let partition = rng.random_range(0..PARTITIONS);
+                let node = leader_node(lab, direct, topic, partition)?;
+                progress(&format!(
+                    "killing node {node}, leader of {topic}[{partition}]"
+                ));
+                lab.broker.kill_node(node)?;
+                std::thread::sleep(Duration::from_millis(rng.random_range(1_000..6_000)));
+                broker_restarts.push(lab.broker.restart_node(node)?);
+                "partition leader SIGKILL"
+            }
+            Matrix::CoordinatorKill => {
+                let partition = transaction_state_partition(target.transactional_id);
+                let node = leader_node(lab, direct, "__transaction_state", partition)?;
+                progress(&format!(
+                    "killing node {node}, coordinator of {} (__transaction_state[{partition}])",
+                    target.transactional_id
+                ));
+                lab.broker.kill_node(node)?;
+                std::thread::sleep(Duration::from_millis(rng.random_range(1_000..6_000)));
+                broker_restarts.push(lab.broker.restart_node(node)?);
+                "transaction coordinator SIGKILL"
+            }
         };
+        if let Some(c) = companions.as_deref_mut() {
+            let took = c.registry_watch.write()?;
+            progress(&format!(
+                "the registry took a registration {took:?} after the fault"
+            ));
+        }
         *counts.entry(kind).or_default() += 1;
         progress(&format!(
             "{}: fault {} ({kind}) {gap:?} after the pipeline was flowing again \
@@ -531,6 +641,106 @@ fn network_fault(proxy: &Toxiproxy, kind: &str, rng: &mut StdRng) -> anyhow::Res
             proxy.set_enabled(PROXY, true)
         }
         other => bail!("unknown network fault {other}"),
+    }
+}
+
+/// The topics and ids a run's faults aim at.
+struct Target<'a> {
+    input: &'a str,
+    output: &'a str,
+    changelog: &'a str,
+    transactional_id: &'a str,
+    state_dir: &'a std::path::Path,
+}
+
+/// The cluster node leading `topic[partition]` now, from the metadata.
+fn leader_node(lab: &Lab, bootstrap: &str, topic: &str, partition: i32) -> anyhow::Result<u8> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let leader = metadata
+            .topics()
+            .first()
+            .and_then(|t| t.partitions().iter().find(|p| p.id() == partition))
+            .map(|p| p.leader());
+        let node = leader.and_then(|id| {
+            metadata
+                .brokers()
+                .iter()
+                .find(|b| b.id() == id)
+                .and_then(|b| u16::try_from(b.port()).ok())
+                .and_then(|port| lab.broker.node_of_port(port))
+        });
+        if let Some(node) = node {
+            return Ok(node);
+        }
+        // No leader right now (an election under way): ask again.
+        if Instant::now() > deadline {
+            bail!("{topic}[{partition}] has no leader");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The `__transaction_state` partition that holds `transactional_id`, as
+/// the broker places it: the absolute value of Java's `String.hashCode`
+/// modulo the partition count (`transaction.state.log.num.partitions`, 4
+/// in `scripts/kafka`).
+fn transaction_state_partition(transactional_id: &str) -> i32 {
+    let hash = transactional_id
+        .encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)));
+    // Kafka's Utils.abs: MIN_VALUE maps to 0.
+    let abs = if hash == i32::MIN { 0 } else { hash.abs() };
+    abs % 4
+}
+
+/// A gateway serving the output topic, and a registry, on the same
+/// cluster as the pipeline, each watched.
+struct Companions {
+    _registry: Registry,
+    registry_watch: RegistryWatch,
+    gateway: Millrace,
+    gateway_watch: GatewayWatch,
+}
+
+impl Companions {
+    fn start(bootstrap: &str, name: &str, output: &str) -> anyhow::Result<Companions> {
+        let registry = Registry::start_on(bootstrap, &format!("{name}-schemas"))?;
+        let mut registry_watch = RegistryWatch::start(&registry.url())?;
+        registry_watch.write()?;
+        let mut gateway = Millrace::start_gateway_on(
+            bootstrap,
+            &crate::gateway::gateway_yaml(&format!("  - topic: {output}"), ""),
+        )?;
+        gateway.wait_ready(Duration::from_secs(60))?;
+        let gateway_watch = GatewayWatch::start(gateway.ops_port, output);
+        Ok(Companions {
+            _registry: registry,
+            registry_watch,
+            gateway,
+            gateway_watch,
+        })
+    }
+
+    /// Stops both; the gateway subscriber's records checked against what
+    /// the cluster committed to `output`.
+    fn finish(
+        mut self,
+        bootstrap: &str,
+        output: &str,
+    ) -> anyhow::Result<(GatewayCheck, RegistryCheck)> {
+        let mut committed: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for m in read_committed_on(bootstrap, output)? {
+            committed.entry(m.partition()).or_default().push(m.offset());
+        }
+        let gateway = self.gateway_watch.finish(&committed)?;
+        self.gateway.stop_cleanly()?;
+        Ok((gateway, self.registry_watch.finish()))
     }
 }
 
