@@ -536,6 +536,13 @@ impl Worker<'_> {
                     }
                 }
                 Some(Err(e)) => {
+                    // A fatal error carries its own code (FencedInstanceId,
+                    // seen when a static member rejoins after its group
+                    // coordinator's node died), not `Fatal`: ask the client.
+                    // The consumer can never recover; rebuilding it can.
+                    if let Some((code, why)) = consumer.client().fatal_error() {
+                        bail!("consumer fatal error ({code:?}): {why}");
+                    }
                     if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) {
                         bail!("consumer fatal error: {e}");
                     }
