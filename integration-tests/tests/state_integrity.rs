@@ -524,3 +524,145 @@ fn reset_is_exact_whole_and_when_interrupted_at_each_step() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// Creates `topic` as Millrace would create a changelog: compacted, one
+/// partition.
+fn create_changelog(topic: &str) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for r in rt.block_on(admin()?.create_topics([&new], &options))? {
+        r.map_err(|(t, e)| anyhow::anyhow!("creating {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Fills a changelog with `n` committed records under keys the test never
+/// sends, as fast as the broker takes them.
+fn fill_changelog(topic: &str, n: usize) -> anyhow::Result<()> {
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .create()?;
+    for i in 0..n {
+        let key = format!("bulk-{i:09}");
+        loop {
+            match p.send(BaseRecord::to(topic).partition(0).key(&key).payload("1")) {
+                Ok(()) => break,
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    p.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => anyhow::bail!("{e}"),
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// Polls `/healthz` every 100 ms until `/readyz` answers 200; returns the
+/// answers that were not 200 (status and body).
+fn unhealthy_until_ready(m: &mut Millrace, within: Duration) -> anyhow::Result<Vec<String>> {
+    let deadline = Instant::now() + within;
+    let mut bad = Vec::new();
+    loop {
+        anyhow::ensure!(m.is_running(), "exited early; log:\n{}", m.log_tail(30));
+        match m.get("/healthz") {
+            Ok((200, _)) => {}
+            Ok((status, body)) => bad.push(format!("{status} {}", body.trim())),
+            // Not listening yet: the process is starting.
+            Err(_) => {}
+        }
+        if let Ok((200, _)) = m.get("/readyz") {
+            return Ok(bad);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not ready within {within:?}; log:\n{}",
+            m.log_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A restore runs inside the rebalance callback, where the processing loop
+/// does not turn. `/healthz` — what a Kubernetes liveness probe asks — must
+/// still say alive while a restore makes progress (or waits, bounded, for
+/// the changelog's tail to settle); before, it failed once the restore
+/// outlasted the stall limit (2 × `commit.timeout`, 2 s here), and a probe
+/// would have restarted the pod into the same restore. A restore that took
+/// less than the stall limit would prove nothing, so its time is checked.
+#[test]
+fn healthz_stays_up_through_a_long_restore() -> anyhow::Result<()> {
+    let s = Setup::new("long-restore")?;
+    let topic = s.changelog();
+    create_changelog(&topic)?;
+    let records = 3_000_000;
+    fill_changelog(&topic, records)?;
+    let yaml = s.yaml(&s.group, "").replace(
+        "commit: {interval: 50ms}",
+        "commit: {interval: 50ms, timeout: 1s}",
+    );
+
+    let mut m = Millrace::start(&yaml)?;
+    let bad = unhealthy_until_ready(&mut m, Duration::from_secs(300))?;
+    let restored = m.metric(&format!(
+        "millrace_state_restored_records_total{{store=\"{STORE}\"}}"
+    ))?;
+    let seconds = m.metric("millrace_state_restore_seconds_sum")?;
+    assert_eq!(restored, records as f64, "log:\n{}", m.log_tail(20));
+    assert!(
+        seconds > 2.5,
+        "the restore of {records} records took {seconds:.1} s, not longer than the \
+         2 s stall limit: raise the record count for this machine"
+    );
+    assert!(
+        bad.is_empty(),
+        "/healthz failed during a {seconds:.1} s restore: {:?}; log:\n{}",
+        bad.iter().take(3).collect::<Vec<_>>(),
+        m.log_tail(20)
+    );
+
+    // Waiting (bounded) for an undecided transaction at the changelog's
+    // end is not a stall either.
+    m.stop_cleanly()?;
+    let txn: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("transactional.id", unique("long-restore-writer"))
+        .create()?;
+    txn.init_transactions(Duration::from_secs(30))?;
+    txn.begin_transaction()?;
+    txn.send(BaseRecord::to(&topic).partition(0).key("late").payload("1"))
+        .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+    txn.flush(Duration::from_secs(30))?;
+    m.restart()?;
+    let started = Instant::now();
+    let mut bad = Vec::new();
+    while started.elapsed() < Duration::from_secs(5) {
+        if let Ok((status, body)) = m.get("/healthz")
+            && status != 200
+        {
+            bad.push(format!("{status} {}", body.trim()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(
+        m.get("/readyz")?.0,
+        200,
+        "ready before the tail was decided"
+    );
+    txn.commit_transaction(Duration::from_secs(30))?;
+    m.wait_ready(Duration::from_secs(60))?;
+    assert!(
+        bad.is_empty(),
+        "/healthz failed while the restore waited for the changelog's tail: {:?}",
+        bad.iter().take(3).collect::<Vec<_>>()
+    );
+    m.stop_cleanly()?;
+    Ok(())
+}

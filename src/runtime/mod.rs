@@ -46,6 +46,7 @@ use crate::metrics::Metrics;
 use crate::ops::Health;
 use crate::pipeline::{Pipeline, ProcessError, Produced};
 use crate::state::manager::StateManager;
+use crate::state::restore::Restorer;
 use crate::state::rocks::StateEnv;
 use crate::state::{NoStores, TaskStores};
 use crate::steps::Origin;
@@ -341,7 +342,11 @@ fn run_once(
             &config.state.dir,
             &config.group_id(),
             stores,
-            clients::admin(config),
+            Restorer::new(clients::admin(config), {
+                // A restore is progress: `/healthz` stays up through it.
+                let health = health.clone();
+                Arc::new(move || health.turn())
+            }),
             metrics.clone(),
             config.state.cleanup_delay,
         )

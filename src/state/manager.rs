@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use rdkafka::ClientConfig;
 use tracing::{info, warn};
 
 use super::restore::{Restore, Restorer};
@@ -57,7 +56,7 @@ impl StateManager {
         dir: &Path,
         group: &str,
         stores: Vec<String>,
-        restore_client: ClientConfig,
+        restorer: Restorer,
         metrics: Arc<Metrics>,
         cleanup_delay: Duration,
     ) -> StateManager {
@@ -67,7 +66,7 @@ impl StateManager {
             group: group.to_string(),
             stores,
             tasks: BTreeMap::new(),
-            restorer: Restorer::new(restore_client),
+            restorer,
             metrics,
             cleanup_delay,
             last_cleanup: None,

@@ -22,6 +22,7 @@
 //! the very transaction whose offsets the task resumes from.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -43,6 +44,8 @@ const BATCH: usize = 10_000;
 const STALL: Duration = Duration::from_secs(120);
 /// Bound on one metadata request (watermarks, topic id).
 const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a long restore logs how far it has come.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Pause between checks while a changelog's tail is undecided.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
 
@@ -87,6 +90,13 @@ fn kafka(context: &str, e: KafkaError) -> StateError {
     StateError::Storage(format!("{context}: {e}"))
 }
 
+/// Called on every turn of a restore's read loop. A restore runs inside the
+/// consumer's rebalance callback, where the processing loop does not turn;
+/// without this, `/healthz` (and a Kubernetes liveness probe on it) would
+/// call a restore longer than its stall limit dead, and restarting it would
+/// only start the restore again.
+pub type Heartbeat = Arc<dyn Fn() + Send + Sync>;
+
 /// Reads changelogs into task stores. One consumer serves every restore of
 /// an instance: creating and closing a librdkafka consumer per store cost
 /// about a second each, which made start-up grow with the partition count.
@@ -97,14 +107,16 @@ pub struct Restorer {
     /// watermark, where the restore consumer's (`read_committed`) answer
     /// the last stable offset.
     uncommitted: Option<BaseConsumer<QuietEof>>,
+    heartbeat: Heartbeat,
 }
 
 impl Restorer {
-    pub fn new(client: ClientConfig) -> Restorer {
+    pub fn new(client: ClientConfig, heartbeat: Heartbeat) -> Restorer {
         Restorer {
             client,
             consumer: None,
             uncommitted: None,
+            heartbeat,
         }
     }
 
@@ -174,8 +186,16 @@ impl Restorer {
         if stored_id.as_deref() != Some(id.as_str()) {
             db.set_changelog_topic_id(store, &id)?;
         }
+        let heartbeat = self.heartbeat.clone();
         let consumer = self.consumer()?;
-        let result = restore(consumer, db, store, topic, partition, (low, end), started);
+        let result = restore(
+            consumer,
+            db,
+            (store, topic, partition),
+            (low, end),
+            started,
+            &*heartbeat,
+        );
         // Leave nothing assigned (and nothing prefetched) between restores.
         if let Err(e) = consumer.unassign() {
             warn!(error = %e, "restore consumer unassign");
@@ -225,6 +245,7 @@ impl Restorer {
                      (last stable offset {stable}, high watermark {high})"
                 )));
             }
+            (self.heartbeat)();
             if !logged {
                 info!(
                     topic,
@@ -273,14 +294,15 @@ fn mismatch(
     None
 }
 
+/// Reads `store`'s changelog partition (`topic`, `partition`) from the
+/// stored offset to `high` into `db`.
 fn restore(
     consumer: &BaseConsumer<QuietEof>,
     db: &TaskDb,
-    store: &str,
-    topic: &str,
-    partition: i32,
+    (store, topic, partition): (&str, &str, i32),
     (low, high): (i64, i64),
     started: Instant,
+    heartbeat: &(dyn Fn() + Send + Sync),
 ) -> Result<Restore, StateError> {
     let stored = db.changelog_offset(store)?;
     // Applies restored records together with the changelog position they
@@ -321,7 +343,20 @@ fn restore(
     let mut batch: BTreeMap<Vec<u8>, Change> = BTreeMap::new();
     let mut records = 0u64;
     let mut last_read = Instant::now();
+    let mut last_progress = Instant::now();
     loop {
+        heartbeat();
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            info!(
+                store,
+                partition,
+                records,
+                end = high,
+                elapsed = ?started.elapsed(),
+                "restoring"
+            );
+        }
         match consumer.poll(Duration::from_millis(200)) {
             None => {
                 if last_read.elapsed() > STALL {
