@@ -76,11 +76,14 @@ enum Command {
         #[arg(long)]
         execute: bool,
     },
-    /// Serve a Confluent-compatible schema registry whose state lives in a
-    /// compacted Kafka topic (`_schemas`), until SIGTERM or SIGINT.
     /// Produce simulated telemetry (ECG waveforms and vitals of a fleet
     /// of monitors, with injected anomalies and silences) to Kafka.
     Gen(crate::generator::GenArgs),
+    /// Print a gateway bearer token (HS256 JWT) signed with the key in
+    /// $MILLRACE_GATEWAY_SECRET, the gateway's auth.hs256_secret.
+    Token(crate::gateway::token::TokenArgs),
+    /// Serve a Confluent-compatible schema registry whose state lives in a
+    /// compacted Kafka topic (`_schemas`), until SIGTERM or SIGINT.
     Registry(crate::registry::cli::RegistryArgs),
     /// Register or check Avro schemas (`.avsc` files) against a
     /// Confluent-compatible registry.
@@ -124,6 +127,7 @@ pub fn main() -> ExitCode {
             execute,
         } => reset(&config, &to, execute),
         Command::Gen(args) => crate::generator::main(args),
+        Command::Token(args) => crate::gateway::token::main(args),
         Command::Registry(args) => crate::registry::cli::registry(args),
         Command::Schemas { command } => crate::registry::cli::schemas(command),
     }

@@ -56,9 +56,33 @@ fn must<T>(result: prometheus::Result<T>) -> T {
     result.expect("valid metric definition")
 }
 
+/// Registers on `registry` what every Millrace process exports besides its
+/// own metrics: `millrace_build_info{component,version}` (always 1; what
+/// dashboards and alert rules use to tell Millrace's processes from others
+/// in the same scrape job, see `deploy/`) and the standard `process_*`
+/// metrics (resident memory, CPU seconds, open and maximum file
+/// descriptors, start time).
+pub fn register_process_metrics(registry: &Registry, component: &str) {
+    let info = must(IntGaugeVec::new(
+        Opts::new(
+            "millrace_build_info",
+            "Always 1: the Millrace component and version of this process",
+        ),
+        &["component", "version"],
+    ));
+    info.with_label_values(&[component, env!("CARGO_PKG_VERSION")])
+        .set(1);
+    must(registry.register(Box::new(info)));
+    #[cfg(target_os = "linux")]
+    must(registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )));
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        register_process_metrics(&registry, "pipeline");
         let records_in = must(IntCounterVec::new(
             Opts::new(
                 "millrace_records_in_total",
@@ -151,6 +175,10 @@ impl Metrics {
             "millrace_registry_unavailable_total",
             "Records held back because the schema registry could not be reached",
         ));
+        // Known outcomes start at zero (rates and alerts work from the start).
+        for outcome in ["committed", "aborted", "abandoned"] {
+            transactions.with_label_values(&[outcome]);
+        }
         for collector in [
             Box::new(records_in.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(records_out.clone()),

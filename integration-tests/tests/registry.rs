@@ -682,7 +682,13 @@ fn errors_carry_confluent_codes_and_content_types_are_negotiated() -> anyhow::Re
         metrics.contains("millrace_registry_requests_total{method=\"POST\",route=\"/subjects/{subject}/versions\",status=\"200\"}"),
         "{metrics}"
     );
-    assert!(metrics.contains("millrace_registry_writes_total{outcome=\"committed\"}"));
+    // Starts at 0 (pre-initialised); the writes above counted.
+    let committed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("millrace_registry_writes_total{outcome=\"committed\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(committed >= 1.0, "{metrics}");
     assert_eq!(registry.get("/healthz")?.0, 200);
     Ok(())
 }

@@ -48,6 +48,7 @@ fn must<T>(result: prometheus::Result<T>) -> T {
 impl GatewayMetrics {
     pub fn new() -> GatewayMetrics {
         let registry = Registry::new();
+        crate::metrics::register_process_metrics(&registry, "gateway");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = must(IntCounterVec::new(Opts::new(name, help), labels));
             must(registry.register(Box::new(c.clone())));
@@ -130,6 +131,26 @@ impl GatewayMetrics {
             &["transport"],
         ));
         must(registry.register(Box::new(delivery_latency.clone())));
+        // Series with known label values start at zero rather than appear
+        // at their first event, so that rates and alerts on them work from
+        // the start (Prometheus' "avoid missing metrics").
+        for transport in ["sse", "ws"] {
+            subscribers.with_label_values(&[transport]);
+            delivery_latency.with_label_values(&[transport]);
+        }
+        for reason in [
+            "client",
+            "lagged",
+            "shutdown",
+            "heartbeat",
+            "write_timeout",
+            "error",
+        ] {
+            disconnects.with_label_values(&[reason]);
+        }
+        for limit in ["total", "per_ip"] {
+            connections_refused.with_label_values(&[limit]);
+        }
         GatewayMetrics {
             registry,
             subscribers,
@@ -146,6 +167,23 @@ impl GatewayMetrics {
             connections,
             connections_refused,
             live_lagged,
+        }
+    }
+
+    /// Starts the per-topic series of a bridged topic at zero.
+    pub fn init_topic(&self, topic: &str) {
+        for counter in [
+            &self.skipped,
+            &self.conflated,
+            &self.filter_errors,
+            &self.tail_records,
+            &self.live_lagged,
+        ] {
+            counter.with_label_values(&[topic]);
+        }
+        for transport in ["sse", "ws"] {
+            self.events_sent.with_label_values(&[transport, topic]);
+            self.bytes_sent.with_label_values(&[transport, topic]);
         }
     }
 

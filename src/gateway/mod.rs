@@ -17,6 +17,7 @@
 //!   [`query`] (parameters), [`selection`] (keys and filters), [`record`]
 //!   (what subscribers receive), [`decode`] (value formats; the Avro seam).
 //! - [`dashboard`]: the live telemetry page at `/dashboard`.
+//! - [`token`]: `millrace token`, bearer tokens signed with the gateway's key.
 
 pub mod auth;
 pub mod avro;
@@ -42,6 +43,7 @@ pub mod server;
 pub mod session;
 pub mod sse;
 pub mod tail;
+pub mod token;
 pub mod ws;
 
 use std::collections::HashMap;

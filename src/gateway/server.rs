@@ -119,6 +119,7 @@ async fn serve(config: GatewayConfig, auth: Authenticator) -> ExitCode {
         };
         match partitions {
             Ok(n) => {
+                metrics.init_topic(&topic.topic);
                 hubs.insert(
                     topic.topic.clone(),
                     TopicHub::new(

@@ -37,6 +37,7 @@ fn must<T>(result: prometheus::Result<T>) -> T {
 impl RegistryMetrics {
     pub fn new() -> RegistryMetrics {
         let registry = Registry::new();
+        crate::metrics::register_process_metrics(&registry, "registry");
         let requests = must(IntCounterVec::new(
             Opts::new(
                 "millrace_registry_requests_total",
@@ -84,6 +85,10 @@ impl RegistryMetrics {
             "millrace_registry_max_schema_id",
             "The highest schema id allocated",
         ));
+        // Known outcomes start at zero (rates and alerts work from the start).
+        for outcome in ["committed", "retried", "failed"] {
+            writes.with_label_values(&[outcome]);
+        }
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(records_read.clone()),
