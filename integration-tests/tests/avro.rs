@@ -619,7 +619,7 @@ fn confluent_python_client_round_trips_through_a_pipeline() -> anyhow::Result<()
     let rt = tokio::runtime::Runtime::new()?;
     let Some(python) = python_with_confluent_kafka() else {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
-            bail!("python3 with confluent-kafka is required in CI (.ci/run installs it)");
+            bail!("python3 with confluent-kafka is required in CI (scripts/setup installs it)");
         }
         progress("skipped: no python3 with confluent-kafka[avro,schemaregistry]");
         return Ok(());

@@ -991,8 +991,8 @@ fn confluent_python_client_works_against_the_registry() -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "{} failed ({}); install the client with \
-         `python3 -m pip install \"confluent-kafka[avro,schemaregistry]\"` if it is missing\n\
+        "{} failed ({}); scripts/setup installs the client (or \
+         `python3 -m pip install \"confluent-kafka[avro,schemaregistry]\"`) if it is missing\n\
          stdout:\n{stdout}\nstderr:\n{stderr}\nregistry log:\n{}",
         script.display(),
         output.status,

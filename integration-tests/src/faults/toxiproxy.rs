@@ -18,9 +18,9 @@ use serde_json::{Value, json};
 use crate::free_port;
 
 /// How to install the server, for error messages.
-pub const INSTALL: &str = "go install github.com/Shopify/toxiproxy/v2/cmd/server@latest \
-     (it lands in $(go env GOPATH)/bin/server), or set TOXIPROXY_SERVER to a toxiproxy-server \
-     binary";
+pub const INSTALL: &str = "scripts/setup (it runs `go install \
+     github.com/Shopify/toxiproxy/v2/cmd/server@latest`, which lands in $(go env GOPATH)/bin/server), \
+     or set TOXIPROXY_SERVER to a toxiproxy-server binary";
 
 /// A running toxiproxy server, killed on drop.
 pub struct Toxiproxy {
