@@ -636,7 +636,9 @@ pub fn browser_tooling(test: &str) -> anyhow::Result<Option<BrowserTooling>> {
             std::env::var_os("CI").is_none(),
             "CI must run the {test} test: install `chromium` and `node` (scripts/setup does)"
         );
-        progress(&format!("{test} test skipped: chromium or node is missing (scripts/setup installs them)"));
+        progress(&format!(
+            "{test} test skipped: chromium or node is missing (scripts/setup installs them)"
+        ));
         return Ok(None);
     };
     let dir = repo_root().join("integration-tests/browser");

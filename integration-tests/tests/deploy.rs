@@ -345,6 +345,10 @@ fn the_manifests_carry_configs_millrace_accepts_and_agree_with_them() -> anyhow:
                     config["kafka"]["static_membership"], true,
                     "{wname}: a StatefulSet pod gets its partitions back only with static membership"
                 );
+                assert_eq!(
+                    config["shutdown"]["leave_group"], false,
+                    "{wname}: a rolling restart should not move the pod's partitions away and back"
+                );
                 assert!(
                     c["env"].as_array().into_iter().flatten().any(|e| {
                         e["name"] == "MILLRACE_INSTANCE_ID"

@@ -1174,6 +1174,151 @@ fn half_sent_requests_are_timed_out_and_limited_per_address() -> anyhow::Result<
     gw.stop_cleanly()
 }
 
+/// The gateway-wide cap (`http.max_connections`) holds whatever addresses
+/// the connections come from: connections beyond it are closed as they
+/// come and counted, and a place freed is usable again at once.
+#[test]
+fn connections_over_the_gateway_wide_cap_are_closed_at_once() -> anyhow::Result<()> {
+    let rt = runtime();
+    let topic = unique("gw-cap");
+    rt.block_on(create_topics(&[(&topic, 1)]))?;
+    let cap = 40;
+    let mut gw = Millrace::start_gateway(&gateway_yaml_http(
+        &format!("  - topic: {topic}"),
+        &format!(
+            "  header_read_timeout: 30s\n  max_connections: {cap}\n  max_connections_per_ip: {cap}"
+        ),
+        "limits: {max_subscribers: 10}",
+    ))?;
+    gw.wait_ready(Duration::from_secs(60))?;
+    let port = gw.ops_port;
+
+    // Four addresses, ten connections each: the whole cap, no address at
+    // its own limit.
+    let mut held = rt.block_on(async {
+        let mut held = Vec::new();
+        for i in 0..cap {
+            held.push(half_request(&format!("127.0.0.{}", 2 + i / 10), port).await?);
+        }
+        anyhow::Ok(held)
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = rt.block_on(async {
+        let mut refused = 0;
+        for _ in 0..10 {
+            let mut s = half_request("127.0.0.9", port).await?;
+            if closed_within(&mut s, Duration::from_secs(1)).await {
+                refused += 1;
+            }
+        }
+        anyhow::Ok(refused)
+    })?;
+    assert_eq!(refused, 10, "connections over the gateway-wide cap");
+
+    // Free ten places: the metrics request and a new client get in.
+    held.truncate(cap - 10);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        gw.metric("millrace_gateway_connections_refused_total{limit=\"total\"}")?,
+        10.0
+    );
+    let admitted = rt.block_on(async {
+        let mut s = half_request("127.0.0.9", port).await?;
+        anyhow::Ok(!closed_within(&mut s, Duration::from_secs(1)).await)
+    })?;
+    assert!(admitted, "a connection within the cap again is kept");
+    drop(held);
+    gw.stop_cleanly()
+}
+
+/// REST requests beyond `limits.max_rest_requests` are refused with 503
+/// and `Retry-After` while the others are answered, instead of queueing
+/// without bound; once a place is free the next is served.
+#[test]
+fn rest_requests_over_the_limit_get_503_with_retry_after() -> anyhow::Result<()> {
+    let rt = runtime();
+    let topic = unique("gw-rest-cap");
+    rt.block_on(create_topics(&[(&topic, 1)]))?;
+    let writer = TxWriter::new(&unique("gw-rest-cap-tx"))?;
+    // 10 MB of history, so that a subscriber that stops reading keeps its
+    // history reader busy.
+    let pad = "x".repeat(2000);
+    for batch in 0..10 {
+        let records: Vec<(String, i32, Vec<u8>)> = (0..500)
+            .map(|i| {
+                let value = json!({"seq": batch * 500 + i, "pad": pad});
+                (format!("k{i}"), 0, value.to_string().into_bytes())
+            })
+            .collect();
+        writer.write(&topic, &records, true)?;
+    }
+    let mut gw = Millrace::start_gateway(&gateway_yaml(
+        &format!("  - topic: {topic}"),
+        "subscribers: {buffer_events: 10}\n\
+         limits: {max_rest_requests: 1, max_history_readers: 1, history_wait: 4s, \
+         history_stall_timeout: 30s}",
+    ))?;
+    gw.wait_ready(Duration::from_secs(60))?;
+    let token = token_for(&[&topic]);
+    let bearer = format!("Bearer {token}");
+
+    // The only history reader goes to a subscriber that stops reading; a
+    // page of records then holds the only REST place while it waits
+    // (history_wait) for a reader.
+    let _stalled = rt.block_on(stalled_subscriber(gw.ops_port, &topic, &token))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let page = {
+        let (url, bearer) = (
+            url(&gw, &format!("/v1/topics/{topic}/records?start=earliest")),
+            bearer.clone(),
+        );
+        std::thread::spawn(move || {
+            reqwest::blocking::Client::new()
+                .get(url)
+                .header("authorization", bearer)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .map(|r| r.status().as_u16())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    let latest = url(&gw, &format!("/v1/topics/{topic}/latest"));
+    let client = reqwest::blocking::Client::new();
+    let asked = Instant::now();
+    let response = client
+        .get(&latest)
+        .header("authorization", &bearer)
+        .timeout(Duration::from_secs(10))
+        .send()?;
+    assert_eq!(response.status().as_u16(), 503, "a second REST request");
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "refused after {:?}",
+        asked.elapsed()
+    );
+    let body = response.text()?;
+    assert!(body.contains("REST requests"), "{body}");
+
+    // The page gives up waiting for a history reader (503 too); then the
+    // place is free.
+    let page_status = page
+        .join()
+        .map_err(|_| anyhow::anyhow!("page thread panicked"))??;
+    assert_eq!(
+        page_status, 503,
+        "the page waited history_wait for a reader"
+    );
+    let response = client
+        .get(&latest)
+        .header("authorization", &bearer)
+        .timeout(Duration::from_secs(10))
+        .send()?;
+    assert_eq!(response.status().as_u16(), 200);
+    gw.stop_cleanly()
+}
+
 /// An SSE subscription from the beginning that never reads: its history
 /// reader soon has nowhere to put records.
 async fn stalled_subscriber(

@@ -157,9 +157,14 @@ pub struct KafkaConfig {
     /// pipeline must not share it.
     pub instance_id: Option<String>,
     /// Use `instance_id` as `group.instance.id` (KIP-345 static membership):
-    /// a restarted instance takes its partitions back without a rebalance,
-    /// but a stopped one keeps them until `session.timeout.ms` passes.
-    /// Default `false`.
+    /// an instance restarted after a crash takes its partitions back at
+    /// once, where a dynamic member would first wait for the dead member's
+    /// session to expire (`session.timeout.ms`, 45 s by default). The
+    /// instance id is already stable and unique per live instance — the
+    /// transactional id is built from it, and a restart must fence its
+    /// predecessor — so it is fit for the group too. A graceful stop
+    /// leaves the group unless `shutdown.leave_group` is `false`.
+    /// Default `true`.
     pub static_membership: bool,
     /// Extra librdkafka properties for both the consumer and the producer
     /// (e.g. `security.protocol`, `sasl.username`). Values may reference
@@ -177,7 +182,7 @@ impl Default for KafkaConfig {
             bootstrap: "127.0.0.1:9092".to_string(),
             group_id: None,
             instance_id: None,
-            static_membership: false,
+            static_membership: true,
             properties: BTreeMap::new(),
             consumer_properties: BTreeMap::new(),
             producer_properties: BTreeMap::new(),
@@ -904,12 +909,21 @@ pub struct ShutdownConfig {
     /// before the process gives up and exits with an error. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Whether a static member (`kafka.static_membership`) leaves the group
+    /// when it stops gracefully. `true` (the default): its partitions move
+    /// to the other instances at once, as a dynamic member's do — right for
+    /// scaling in. `false`: the group keeps its partitions for it until
+    /// `session.timeout.ms` passes, so a rolling restart that brings it back
+    /// within that time moves no partitions and restores no state
+    /// elsewhere (Kubernetes StatefulSets). A crash never leaves the group.
+    pub leave_group: bool,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             timeout: Duration::from_secs(30),
+            leave_group: true,
         }
     }
 }

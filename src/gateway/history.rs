@@ -24,6 +24,7 @@ use super::decode::Decoder;
 use super::kafka;
 use super::position::Position;
 use super::record::Record;
+use crate::logging::KafkaLog;
 
 /// What a read returned.
 pub enum Read {
@@ -33,7 +34,7 @@ pub enum Read {
 }
 
 pub struct HistoryReader {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<KafkaLog>,
     topic: String,
     decoder: Decoder,
     read_to: Position,
@@ -60,8 +61,10 @@ impl HistoryReader {
         permit: OwnedSemaphorePermit,
         gauge: prometheus::IntGauge,
     ) -> Result<HistoryReader, String> {
-        let consumer: StreamConsumer = client
-            .create()
+        let consumer: StreamConsumer<KafkaLog> = client
+            .create_with_context(KafkaLog {
+                role: "gateway history",
+            })
             .map_err(|e| format!("cannot create a Kafka consumer: {e}"))?;
         let mut tpl = TopicPartitionList::new();
         for (p, offset) in from.offsets().iter().enumerate() {

@@ -12,6 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::config::GatewayConfig;
+use crate::logging::KafkaLog;
 
 /// Time allowed for one metadata request.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,13 +54,15 @@ pub fn consumer_config(config: &GatewayConfig, role: &str) -> ClientConfig {
 /// A consumer used only for metadata. Its calls block: run them with
 /// `spawn_blocking`.
 pub struct Meta {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<KafkaLog>,
 }
 
 impl Meta {
     pub fn new(config: &GatewayConfig) -> Result<Meta, String> {
         let consumer = consumer_config(config, "meta")
-            .create()
+            .create_with_context(KafkaLog {
+                role: "gateway metadata",
+            })
             .map_err(|e| format!("cannot create a Kafka client: {e}"))?;
         Ok(Meta { consumer })
     }

@@ -29,6 +29,7 @@ use super::metrics::GatewayMetrics;
 use super::outbox::Policy;
 use super::position::Position;
 use super::record::Record;
+use crate::logging::KafkaLog;
 
 /// One bridged topic: its live tail's output and state.
 pub struct TopicHub {
@@ -173,8 +174,10 @@ fn run(
     stop: &AtomicBool,
     warm_up: Option<Duration>,
 ) -> Result<(), String> {
-    let consumer: BaseConsumer = client
-        .create()
+    let consumer: BaseConsumer<KafkaLog> = client
+        .create_with_context(KafkaLog {
+            role: "gateway tail",
+        })
         .map_err(|e| format!("cannot create the consumer: {e}"))?;
     let start = start_position(hub, meta, warm_up)?;
     let mut tpl = TopicPartitionList::new();

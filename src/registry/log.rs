@@ -36,6 +36,7 @@ use super::config::RegistryConfig;
 use super::metrics::RegistryMetrics;
 use super::records::Record;
 use super::store::{Applied, Store};
+use crate::logging::KafkaLog;
 use crate::ops::Health;
 
 /// How far the reader has come.
@@ -117,7 +118,7 @@ pub fn start_reader(
     stop: Arc<AtomicBool>,
     progress: watch::Sender<Progress>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let consumer: BaseConsumer = base(config)
+    let consumer: BaseConsumer<KafkaLog> = base(config)
         // Never joins a group (the partition is assigned) and never
         // commits; librdkafka wants a group id all the same.
         .set("group.id", format!("{}-reader", config.writer_id()))
@@ -128,7 +129,9 @@ pub fn start_reader(
         // Records are small and arrive rarely after the replay: do not let
         // the broker hold a fetch open long.
         .set("fetch.wait.max.ms", "50")
-        .create()
+        .create_with_context(KafkaLog {
+            role: "registry log",
+        })
         .context("creating the schemas topic consumer")?;
     let mut assignment = TopicPartitionList::new();
     assignment
@@ -149,7 +152,7 @@ pub fn start_reader(
 }
 
 fn read_loop(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<KafkaLog>,
     topic: &str,
     store: &RwLock<Store>,
     health: &Health,

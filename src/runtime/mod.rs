@@ -16,6 +16,7 @@
 mod clients;
 pub mod dead_letter;
 pub mod limits;
+mod membership;
 mod rebalance;
 mod tables;
 pub mod transaction;
@@ -50,6 +51,7 @@ use crate::state::restore::Restorer;
 use crate::state::rocks::StateEnv;
 use crate::state::{NoStores, TaskStores};
 use crate::steps::Origin;
+use membership::GroupWait;
 
 /// Records between the processing loop's clock reads (see
 /// `process_until_stopped`).
@@ -375,9 +377,11 @@ fn run_once(
         TABLE_WAIT,
     )));
     let assignments = Arc::new(AtomicU64::new(0));
+    let in_group = Arc::new(AtomicBool::new(false));
     let resumed_at = Arc::new(Mutex::new(std::collections::HashMap::new()));
     let context = EosContext {
         assignments: assignments.clone(),
+        in_group: in_group.clone(),
         resumed_at: resumed_at.clone(),
         tables: tables.clone(),
         txn: txn.clone(),
@@ -413,6 +417,7 @@ fn run_once(
         resume_at: None,
         last_tick: Instant::now(),
         assignments: assignments.clone(),
+        group_wait: GroupWait::new(config, in_group),
         resumed_at,
     };
     let result = worker.process_until_stopped(&consumer, health, stop);
@@ -429,6 +434,12 @@ fn run_once(
         }
     }
     *lock(&txn) = None;
+    // A graceful stop of a static member leaves explicitly (the close would
+    // not); after an error the rebuilt consumer rejoins under the same
+    // group.instance.id and takes the partitions back without a rebalance.
+    if result.is_ok() && config.kafka.static_membership && config.shutdown.leave_group {
+        membership::leave_group(&consumer);
+    }
     close_consumer(consumer);
     result
 }
@@ -480,6 +491,7 @@ struct Worker<'a> {
     resume_at: Option<Instant>,
     last_tick: Instant,
     assignments: Arc<AtomicU64>,
+    group_wait: GroupWait,
     /// See `rebalance::fencing_offsets`.
     resumed_at: Arc<Mutex<std::collections::HashMap<(String, i32), i64>>>,
 }
@@ -506,6 +518,7 @@ impl Worker<'_> {
             let timed_chores = idle || turns.is_multiple_of(CLOCK_EVERY);
             if timed_chores {
                 health.turn();
+                self.group_wait.check(Instant::now());
             }
             if stop.load(Ordering::SeqCst) {
                 self.commit(consumer)?;

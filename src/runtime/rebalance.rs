@@ -29,7 +29,7 @@
 //! changelog through a slowed link.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -59,6 +59,10 @@ pub struct EosContext {
     /// Counts assignments, so the loop knows when new partitions (maybe
     /// with a backlog) arrived.
     pub assignments: Arc<AtomicU64>,
+    /// True from an assignment until the next revocation: whether the
+    /// group has given this member its share (which may be no partitions).
+    /// While it is false the loop says what it is waiting for.
+    pub in_group: Arc<AtomicBool>,
     /// The group's committed offset of each assigned partition, as read at
     /// assignment: what a transaction re-commits for a partition it has
     /// consumed nothing from (see [`fencing_offsets`]).
@@ -240,12 +244,14 @@ impl ConsumerContext for EosContext {
                 self.open_tasks(tpl);
                 lock_gate(&self.tables).assigned(consumer, tpl);
                 self.assignments.fetch_add(1, Ordering::SeqCst);
+                self.in_group.store(true, Ordering::SeqCst);
                 let total = consumer.assignment().map(|a| a.count()).unwrap_or(0);
                 self.metrics.assigned_partitions.set(total as i64);
                 info!(added = tpl.count(), total, "partitions assigned");
                 self.health.set_ready();
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.in_group.store(false, Ordering::SeqCst);
                 self.commit_before_revoke(consumer);
                 {
                     let mut resumed_at = self.resumed_at.lock().unwrap_or_else(|p| p.into_inner());

@@ -34,6 +34,7 @@ use tracing::{info, warn};
 
 use super::StateError;
 use super::rocks::{Change, TaskDb};
+use crate::logging::KafkaLog;
 
 /// Records applied to RocksDB per write batch during a restore.
 const BATCH: usize = 10_000;
@@ -48,23 +49,6 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Pause between checks while a changelog's tail is undecided.
 const SETTLE_POLL: Duration = Duration::from_millis(100);
-
-/// Consumer context for restores: reaching the end of a changelog is the
-/// goal, not an error worth an ERROR log line (librdkafka reports it as a
-/// global error too).
-struct QuietEof;
-
-impl rdkafka::ClientContext for QuietEof {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let eof = matches!(error, KafkaError::PartitionEOF(_))
-            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
-        if !eof {
-            warn!(%error, reason, "restore consumer error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for QuietEof {}
 
 /// What a restore found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,11 +86,11 @@ pub type Heartbeat = Arc<dyn Fn() + Send + Sync>;
 /// about a second each, which made start-up grow with the partition count.
 pub struct Restorer {
     client: ClientConfig,
-    consumer: Option<BaseConsumer<QuietEof>>,
+    consumer: Option<BaseConsumer<KafkaLog>>,
     /// A `read_uncommitted` client: its watermark queries answer the high
     /// watermark, where the restore consumer's (`read_committed`) answer
     /// the last stable offset.
-    uncommitted: Option<BaseConsumer<QuietEof>>,
+    uncommitted: Option<BaseConsumer<KafkaLog>>,
     heartbeat: Heartbeat,
 }
 
@@ -120,7 +104,7 @@ impl Restorer {
         }
     }
 
-    fn uncommitted(&mut self) -> Result<&BaseConsumer<QuietEof>, StateError> {
+    fn uncommitted(&mut self) -> Result<&BaseConsumer<KafkaLog>, StateError> {
         if self.uncommitted.is_none() {
             let mut config = self.client.clone();
             config
@@ -128,7 +112,7 @@ impl Restorer {
                 .set("enable.auto.commit", "false")
                 .set("group.id", "millrace-restore");
             let client = config
-                .create_with_context(QuietEof)
+                .create_with_context(KafkaLog { role: "restore" })
                 .map_err(|e| kafka("changelog watermark client", e))?;
             self.uncommitted = Some(client);
         }
@@ -137,7 +121,7 @@ impl Restorer {
             .ok_or_else(|| StateError::Storage("changelog watermark client missing".into()))
     }
 
-    fn consumer(&mut self) -> Result<&BaseConsumer<QuietEof>, StateError> {
+    fn consumer(&mut self) -> Result<&BaseConsumer<KafkaLog>, StateError> {
         if self.consumer.is_none() {
             let mut config = self.client.clone();
             config
@@ -157,7 +141,7 @@ impl Restorer {
                 // Assigned partitions only: the group id is never joined.
                 .set("group.id", "millrace-restore");
             let consumer = config
-                .create_with_context(QuietEof)
+                .create_with_context(KafkaLog { role: "restore" })
                 .map_err(|e| kafka("restore consumer", e))?;
             self.consumer = Some(consumer);
         }
@@ -297,7 +281,7 @@ fn mismatch(
 /// Reads `store`'s changelog partition (`topic`, `partition`) from the
 /// stored offset to `high` into `db`.
 fn restore(
-    consumer: &BaseConsumer<QuietEof>,
+    consumer: &BaseConsumer<KafkaLog>,
     db: &TaskDb,
     (store, topic, partition): (&str, &str, i32),
     (low, high): (i64, i64),
