@@ -575,6 +575,21 @@ impl Transaction {
                     .transactions
                     .with_label_values(&["aborted"])
                     .inc(),
+                // The abort bumps the producer's epoch, which the broker
+                // refuses (fenced) when it has already aborted this
+                // transaction itself because it outlived
+                // transaction.timeout.ms: what the abort wanted is done.
+                Err(e) if self.producer.client().fatal_error().is_some() => {
+                    warn!(
+                        error = %e,
+                        "the broker had aborted the transaction already (it outlived \
+                         transaction.timeout.ms); the producer will be rebuilt"
+                    );
+                    self.metrics
+                        .transactions
+                        .with_label_values(&["abandoned"])
+                        .inc();
+                }
                 Err(e) => warn!(error = %e, "abort failed; the producer will be rebuilt"),
             }
         }
