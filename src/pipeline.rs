@@ -112,7 +112,7 @@ pub struct Failure {
 }
 
 /// Kinds of dead-letter reasons; stable strings in the `millrace.reason`
-/// header (the README lists them).
+/// header (docs/src/guarantees.md lists them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureReason {
     /// The value could not be decoded: invalid JSON, a tombstone, or an

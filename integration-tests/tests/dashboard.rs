@@ -8,7 +8,7 @@
 //! committed, raise the alert of the device whose heart rate jumps to
 //! 160 bpm, resume every stream without a gap or a repeat after a gateway
 //! restart, and mark every device stale once the data stops. Saves
-//! `docs/dashboard.png` (the README's picture) and a copy in a temporary
+//! `docs/dashboard.png` (the README's and the book's picture) and a copy in a temporary
 //! directory.
 //!
 //! Skipped only when Chromium or Node is missing and `CI` is not set.

@@ -101,7 +101,11 @@ fn blocks(file: &Path) -> anyhow::Result<Vec<Block>> {
             open = Some((start, fence, lang, lines));
         }
     }
-    ensure!(open.is_none(), "{}: a code fence is never closed", file.display());
+    ensure!(
+        open.is_none(),
+        "{}: a code fence is never closed",
+        file.display()
+    );
     Ok(out)
 }
 
@@ -252,7 +256,11 @@ fn every_yaml_example_in_the_book_and_the_readme_loads() -> anyhow::Result<()> {
             } else {
                 for path in included {
                     let text = std::fs::read_to_string(&path).with_context(|| {
-                        format!("{}: includes {}, which is missing", block.at(), path.display())
+                        format!(
+                            "{}: includes {}, which is missing",
+                            block.at(),
+                            path.display()
+                        )
                     })?;
                     check_yaml(&text, &format!("{} ({})", block.at(), path.display()))?;
                 }
@@ -346,7 +354,10 @@ fn tutorial_gen_args(tutorial: &str) -> anyhow::Result<Vec<String>> {
         command.push_str(&part);
         break;
     }
-    ensure!(!command.is_empty(), "the tutorial has no `millrace gen` command");
+    ensure!(
+        !command.is_empty(),
+        "the tutorial has no `millrace gen` command"
+    );
     // Drop a trailing comment and shell redirections.
     let command = command.split(" #").next().unwrap_or("");
     Ok(command
@@ -464,35 +475,35 @@ fn the_tutorial_runs_end_to_end_and_a_kill_loses_nothing() -> anyhow::Result<()>
         .map_err(|(s, b)| anyhow::anyhow!("SSE refused: {s}: {b}"))?;
 
     // Per device, the counts received, in order.
-    let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    let mut receive = |sse: &mut Sse, until: &dyn Fn(&BTreeMap<String, Vec<u64>>) -> bool,
-                       within: Duration|
-     -> anyhow::Result<()> {
-        let deadline = Instant::now() + within;
-        while !until(&counts) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            ensure!(!left.is_zero(), "not received in time; so far {counts:?}");
-            let Some(event) = rt.block_on(sse.next(left))? else {
-                bail!("the gateway ended the stream");
-            };
-            if event.event != "message" {
-                continue;
+    type Counts = BTreeMap<String, Vec<u64>>;
+    let mut counts: Counts = BTreeMap::new();
+    let mut receive =
+        |sse: &mut Sse, until: &dyn Fn(&Counts) -> bool, within: Duration| -> anyhow::Result<()> {
+            let deadline = Instant::now() + within;
+            while !until(&counts) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                ensure!(!left.is_zero(), "not received in time; so far {counts:?}");
+                let Some(event) = rt.block_on(sse.next(left))? else {
+                    bail!("the gateway ended the stream");
+                };
+                if event.event != "message" {
+                    continue;
+                }
+                let envelope: Value = serde_json::from_str(&event.data)?;
+                let value = &envelope["value"];
+                let device = envelope["key"].as_str().context("a key")?.to_string();
+                let readings = value["readings"].as_u64().context("readings")?;
+                // The tutorial's claim, on every result: as many readings as
+                // seconds between a device's first and last one.
+                assert_eq!(
+                    value["seconds"].as_u64(),
+                    Some(readings),
+                    "{device}: {value}"
+                );
+                counts.entry(device).or_default().push(readings);
             }
-            let envelope: Value = serde_json::from_str(&event.data)?;
-            let value = &envelope["value"];
-            let device = envelope["key"].as_str().context("a key")?.to_string();
-            let readings = value["readings"].as_u64().context("readings")?;
-            // The tutorial's claim, on every result: as many readings as
-            // seconds between a device's first and last one.
-            assert_eq!(
-                value["seconds"].as_u64(),
-                Some(readings),
-                "{device}: {value}"
-            );
-            counts.entry(device).or_default().push(readings);
-        }
-        Ok(())
-    };
+            Ok(())
+        };
 
     // Some results, then kill -9 mid-stream and restart, as the tutorial
     // does; the generator keeps writing meanwhile.
@@ -562,7 +573,12 @@ fn the_tutorial_runs_end_to_end_and_a_kill_loses_nothing() -> anyhow::Result<()>
         .as_array()
         .context("/latest: records")?
         .iter()
-        .filter_map(|r| Some((r["key"].as_str()?.to_string(), r["value"]["readings"].as_u64()?)))
+        .filter_map(|r| {
+            Some((
+                r["key"].as_str()?.to_string(),
+                r["value"]["readings"].as_u64()?,
+            ))
+        })
         .collect();
     assert_eq!(finals, written, "/latest: the final count of every device");
 

@@ -1,10 +1,10 @@
 //! The pipeline file: what a user writes in `config/<pipeline>.yaml`.
 //!
-//! Every field is documented here, next to its default; the README's
-//! configuration reference mirrors these docs. Loading is two passes:
-//! [`load`] parses the YAML into these structs (unknown fields are errors, so
-//! a typo never silently falls back to a default), applies environment
-//! overrides, and then [`validate`](validate::validate) checks what serde
+//! Every field is documented here, next to its default; the book's
+//! configuration reference (docs/src/configuration.md) mirrors these docs.
+//! Loading is two passes: [`load`] parses the YAML into these structs
+//! (unknown fields are errors, so a typo never silently falls back to a
+//! default), applies environment overrides, and then [`validate`](validate::validate) checks what serde
 //! cannot: expressions compile, names are unique, sinks exist. Every error
 //! names the file and the field path.
 

@@ -44,7 +44,7 @@ pub struct TokenArgs {
     secret_env: String,
 }
 
-/// The claims the gateway reads (see the README's *Tokens*).
+/// The claims the gateway reads (see docs/src/gateway.md, *Tokens*).
 #[derive(Debug, Serialize)]
 struct Claims<'a> {
     sub: &'a str,

@@ -47,7 +47,7 @@ pub struct RegistryConfig {
     pub compatibility: CompatibilityLevel,
     /// The transactional id every instance serving this topic writes
     /// with. Sharing it is what makes id allocation safe: a new writer
-    /// fences the previous one (see the README's *Schema registry*).
+    /// fences the previous one (see docs/src/registry.md).
     /// Default `millrace-registry-<topic>`.
     pub writer_id: Option<String>,
     /// How long a write may take, from taking the writer role to reading

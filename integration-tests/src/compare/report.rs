@@ -1,6 +1,9 @@
 //! The comparison's outputs: `results.json` (every raw figure, which the
 //! chart script reads), the Markdown report, and the summary table in the
-//! README between `<!-- compare:begin -->` and `<!-- compare:end -->`.
+//! book's Benchmarks chapter (docs/src/benchmarks.md) between
+//! `<!-- compare:begin -->` and `<!-- compare:end -->`. The table links the
+//! report's directory: mdBook rewrites every link to a `.md` file into
+//! `.html`, which would break a link to the report itself.
 
 use std::fmt::Write as _;
 
@@ -196,7 +199,7 @@ fn readme_table(results: &Results) -> anyhow::Result<String> {
         out,
         "Measured by `bench/run` on {} ({}); all figures from one run, on one broker. \
          Full report with the raw numbers, charts and the profile: \
-         [bench/report.md](bench/report.md).\n",
+         [bench/report.md](../../bench/).\n",
         results.date, results.machine
     )?;
     writeln!(out, "| | Millrace | Kafka Streams | Millrace ÷ KS |")?;
