@@ -1099,12 +1099,16 @@ fn half_sent_requests_are_timed_out_and_limited_per_address() -> anyhow::Result<
     let rt = runtime();
     let topic = unique("gw-conns");
     rt.block_on(create_topics(&[(&topic, 1)]))?;
+    // Opening thousands of connections takes seconds on a loaded machine
+    // (4.6 s and 9.6 s seen, beside other tests): with a 3 s timeout the
+    // first ones were closed before the limit was tested.
+    const HEADER_TIMEOUT_S: u64 = 30;
     let stalled = 5000.min(open_file_limit().saturating_sub(500) / 2);
     assert!(stalled >= 500, "open-file limit too low for this test");
     let mut gw = Millrace::start_gateway(&gateway_yaml_http(
         &format!("  - topic: {topic}"),
         &format!(
-            "  header_read_timeout: 3s\n  max_connections: 12000\n  max_connections_per_ip: {stalled}"
+            "  header_read_timeout: {HEADER_TIMEOUT_S}s\n  max_connections: 12000\n  max_connections_per_ip: {stalled}"
         ),
         "",
     ))?;
@@ -1123,6 +1127,11 @@ fn half_sent_requests_are_timed_out_and_limited_per_address() -> anyhow::Result<
         "{stalled} stalled connections open in {:?}",
         opened.elapsed()
     ));
+    assert!(
+        opened.elapsed() < Duration::from_secs(HEADER_TIMEOUT_S - 2),
+        "opening the connections took {:?}, too close to the header timeout to test the limit",
+        opened.elapsed()
+    );
 
     // Another client still gets through at once.
     let asked = Instant::now();
@@ -1155,7 +1164,7 @@ fn half_sent_requests_are_timed_out_and_limited_per_address() -> anyhow::Result<
     let closed = rt.block_on(async {
         let checks = streams
             .iter_mut()
-            .map(|s| closed_within(s, Duration::from_secs(10)));
+            .map(|s| closed_within(s, Duration::from_secs(HEADER_TIMEOUT_S + 5)));
         futures::future::join_all(checks).await
     });
     let still_open = closed.iter().filter(|c| !**c).count();
