@@ -40,9 +40,15 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 
-/// The repository root.
+/// The repository root. `cargo test` tells the test process where its
+/// package is; that wins over the path compiled in, which goes stale when
+/// a shared target directory serves a second checkout whose files are
+/// older than the build (cargo then reuses the build, path and all).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    package
         .parent()
         .expect("integration-tests sits inside the repository")
         .to_path_buf()

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use base64::Engine;
 use futures::StreamExt;
 use millrace_integration_tests::gateway::{
@@ -72,6 +73,24 @@ fn write_batches(
             .collect();
         writer.write(topic, &records, !aborted)?;
         *first_seq += per_batch as u64;
+    }
+    Ok(())
+}
+
+/// Writes 10 MB of committed history to partition 0 of `topic` (5,000
+/// records of 2 KB, keys k0..k499): far more than socket buffers hold, so
+/// a subscriber that stops reading keeps its history reader busy.
+fn write_history(topic: &str) -> anyhow::Result<()> {
+    let writer = TxWriter::new(&unique(&format!("{topic}-tx")))?;
+    let pad = "x".repeat(2000);
+    for batch in 0..10 {
+        let records: Vec<(String, i32, Vec<u8>)> = (0..500)
+            .map(|i| {
+                let value = json!({"seq": batch * 500 + i, "pad": pad});
+                (format!("k{i}"), 0, value.to_string().into_bytes())
+            })
+            .collect();
+        writer.write(topic, &records, true)?;
     }
     Ok(())
 }
@@ -166,22 +185,56 @@ fn sse_resume_is_exact_across_random_disconnects() -> anyhow::Result<()> {
     };
     let mut rounds = 0;
     let started = Instant::now();
-    while rounds < 25 || started.elapsed() < Duration::from_secs(8) {
-        let mut headers = vec![("authorization", token.as_str())];
-        if let Some(id) = &last_id {
-            headers.push(("last-event-id", id.as_str()));
+    let mut reconnecting = || -> anyhow::Result<()> {
+        while rounds < 25 || started.elapsed() < Duration::from_secs(8) {
+            let mut headers = vec![("authorization", token.as_str())];
+            if let Some(id) = &last_id {
+                headers.push(("last-event-id", id.as_str()));
+            }
+            let mut sse = rt
+                .block_on(Sse::open(&sse_url, &headers))?
+                .map_err(|(s, b)| anyhow::anyhow!("{s}: {b}"))?;
+            let want = rng.random_range(1..=250);
+            read(&mut sse, want, &mut last_id, &mut received)
+                .with_context(|| format!("round {rounds}, reading {want} events"))?;
+            drop(sse);
+            rounds += 1;
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
         }
-        let mut sse = rt
-            .block_on(Sse::open(&sse_url, &headers))?
-            .map_err(|(s, b)| anyhow::anyhow!("{s}: {b}"))?;
-        let want = rng.random_range(1..=250);
-        read(&mut sse, want, &mut last_id, &mut received)?;
-        drop(sse);
-        rounds += 1;
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..150)));
-    }
+        Ok(())
+    };
+    let outcome = reconnecting();
     stop.store(true, Ordering::Relaxed);
+    // The writer feeds the stream: if it failed, the stream stalled because
+    // nothing new was committed, and its error is the one that says why.
     background.join().expect("writer thread")?;
+    outcome.map_err(|e| {
+        // What the gateway was doing: is its tail moving, how many history
+        // readers and subscribers it holds, and what it logged.
+        let metrics = reqwest::blocking::get(url(&gw, "/metrics"))
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| format!("(no metrics: {e})"));
+        let gauges: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                [
+                    "millrace_gateway_tail_records_total",
+                    "millrace_gateway_history_readers",
+                    "millrace_gateway_subscribers",
+                    "millrace_gateway_live_lagged_total",
+                    "millrace_gateway_disconnects_total",
+                    "millrace_gateway_events_sent_total",
+                ]
+                .iter()
+                .any(|m| l.starts_with(m))
+            })
+            .collect();
+        e.context(format!(
+            "gateway metrics:\n{}\ngateway log:\n{}",
+            gauges.join("\n"),
+            gw.log_tail(40)
+        ))
+    })?;
     let expected = committed(&topic)?;
     let total: usize = expected.values().map(Vec::len).sum();
     progress(&format!("{rounds} reconnects; {total} committed records"));
@@ -1248,19 +1301,8 @@ fn rest_requests_over_the_limit_get_503_with_retry_after() -> anyhow::Result<()>
     let rt = runtime();
     let topic = unique("gw-rest-cap");
     rt.block_on(create_topics(&[(&topic, 1)]))?;
-    let writer = TxWriter::new(&unique("gw-rest-cap-tx"))?;
-    // 10 MB of history, so that a subscriber that stops reading keeps its
-    // history reader busy.
-    let pad = "x".repeat(2000);
-    for batch in 0..10 {
-        let records: Vec<(String, i32, Vec<u8>)> = (0..500)
-            .map(|i| {
-                let value = json!({"seq": batch * 500 + i, "pad": pad});
-                (format!("k{i}"), 0, value.to_string().into_bytes())
-            })
-            .collect();
-        writer.write(&topic, &records, true)?;
-    }
+    // A subscriber that stops reading keeps its history reader busy.
+    write_history(&topic)?;
     let mut gw = Millrace::start_gateway(&gateway_yaml(
         &format!("  - topic: {topic}"),
         "subscribers: {buffer_events: 10}\n\
@@ -1357,18 +1399,7 @@ fn stalled_history_readers_are_released_and_waits_time_out() -> anyhow::Result<(
     let rt = runtime();
     let topic = unique("gw-hist");
     rt.block_on(create_topics(&[(&topic, 1)]))?;
-    let writer = TxWriter::new(&unique("gw-hist-tx"))?;
-    // 10 MB of history: far more than socket buffers hold.
-    let pad = "x".repeat(2000);
-    for batch in 0..10 {
-        let records: Vec<(String, i32, Vec<u8>)> = (0..500)
-            .map(|i| {
-                let value = json!({"seq": batch * 500 + i, "pad": pad});
-                (format!("k{i}"), 0, value.to_string().into_bytes())
-            })
-            .collect();
-        writer.write(&topic, &records, true)?;
-    }
+    write_history(&topic)?;
     let mut gw = Millrace::start_gateway(&gateway_yaml(
         &format!("  - topic: {topic}"),
         "subscribers: {buffer_events: 10}\n\
