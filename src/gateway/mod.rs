@@ -30,6 +30,7 @@ pub mod latest;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod open_files;
 pub mod outbox;
 pub mod position;
 pub mod proxies;

@@ -45,6 +45,7 @@ use super::latest::Latest;
 use super::limits::{RateLimiter, SubscriberLimits};
 use super::listener::{ClientAddr, ConnectionGate, StallListener};
 use super::metrics::GatewayMetrics;
+use super::open_files;
 use super::proxies::TrustedProxies;
 use super::tail::{self, TopicHub};
 use super::{Gateway, dashboard, rest, sse, ws};
@@ -91,6 +92,7 @@ async fn serve(config: GatewayConfig, auth: Authenticator) -> ExitCode {
             warn!("{line}");
         }
     }
+    open_files::raise_for(config.http.max_connections);
     let metrics = Arc::new(GatewayMetrics::new());
     let meta = match Meta::new(&config) {
         Ok(m) => Arc::new(m),

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 
 use super::Gateway;
 use super::limits::SubscriberPermit;
+use super::metrics::SentMetrics;
 use super::outbox::{Outbox, Policy};
 use super::position::Start;
 use super::pump::Pump;
@@ -45,6 +46,7 @@ pub struct Session {
     pub start: String,
     pub outbox: Arc<Outbox>,
     pump: tokio::task::JoinHandle<()>,
+    sent: SentMetrics,
     end_reason: &'static str,
     _permit: SubscriberPermit,
 }
@@ -172,6 +174,7 @@ impl Session {
             start: start_token,
             outbox,
             pump,
+            sent: gw.metrics.sent_by(transport.label(), topic),
             end_reason: "client",
             _permit: permit,
         })
@@ -185,9 +188,7 @@ impl Session {
 
     /// Counts a message handed to the connection.
     pub fn sent(&self, bytes: usize, timestamp: Option<i64>) {
-        self.gateway
-            .metrics
-            .sent(self.transport.label(), &self.topic, bytes, timestamp);
+        self.sent.sent(bytes, timestamp);
     }
 }
 

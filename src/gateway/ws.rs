@@ -26,12 +26,14 @@
 //! against the message limit, and the default frame limit is 16 MiB.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 
@@ -98,6 +100,22 @@ enum Step {
     Stop,
 }
 
+/// Sends a message, giving up after `within` without completing. A send
+/// nearly always completes at once (the socket has room), so the timer is
+/// armed only when it does not: one timer per message, per subscriber, is
+/// a measurable share of a large fan-out.
+async fn send_within(
+    sink: &mut SplitSink<WebSocket, Message>,
+    message: Message,
+    within: Duration,
+) -> Result<Result<(), axum::Error>, tokio::time::error::Elapsed> {
+    let mut send = sink.send(message);
+    if let Poll::Ready(sent) = futures::poll!(&mut send) {
+        return Ok(sent);
+    }
+    tokio::time::timeout(within, send).await
+}
+
 async fn serve(socket: WebSocket, mut session: Session) {
     let config = session.gateway.config.subscribers.clone();
     let (mut sink, mut incoming) = socket.split();
@@ -119,7 +137,7 @@ async fn serve(socket: WebSocket, mut session: Session) {
         let step = tokio::select! {
             out = session.outbox.next() => {
                 let (message, close) = render(&session, out);
-                match tokio::time::timeout(config.write_timeout, sink.send(message)).await {
+                match send_within(&mut sink, message, config.write_timeout).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break,
                     Err(_) => {

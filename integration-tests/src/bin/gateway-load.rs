@@ -7,7 +7,7 @@
 //!   --transport sse --subscribers 10000 --rate 5 --seconds 30 --gateway-pid 1234
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -16,6 +16,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 struct Args {
     url: String,
@@ -110,13 +111,17 @@ fn now_ms() -> u64 {
 }
 
 /// Pulls `"timestamp":<ms>` out of an envelope without a full parse.
-fn timestamp_of(text: &str) -> Option<u64> {
-    let at = text.find("\"timestamp\":")? + 12;
-    let rest = &text[at..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
+fn timestamp_of(text: &[u8]) -> Option<u64> {
+    const FIELD: &[u8] = b"\"timestamp\":";
+    let at = text.windows(FIELD.len()).position(|w| w == FIELD)? + FIELD.len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit());
+    let mut ms: u64 = 0;
+    let mut any = false;
+    for d in digits {
+        ms = ms.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        any = true;
+    }
+    any.then_some(ms)
 }
 
 struct Shared {
@@ -127,10 +132,17 @@ struct Shared {
     connected: AtomicU64,
     failed: AtomicU64,
     latency: Histogram,
-    stop: AtomicBool,
 }
 
-async fn sse_subscriber(host: String, path: String, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// Reads one SSE subscription until `stop` turns true. The client shares
+/// the cores with the gateway, so it is kept cheap: bytes are scanned for
+/// `data:` lines in place, and a stop signal (not a timer per read) ends it.
+async fn sse_subscriber(
+    host: String,
+    path: String,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let mut socket = TcpStream::connect(&host).await?;
     socket
         .write_all(
@@ -138,43 +150,50 @@ async fn sse_subscriber(host: String, path: String, shared: Arc<Shared>) -> anyh
                 .as_bytes(),
         )
         .await?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut pending = String::new();
+    let mut pending: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut buf = vec![0u8; 16 * 1024];
     let mut counted = false;
-    while !shared.stop.load(Ordering::Relaxed) {
-        let n = match tokio::time::timeout(Duration::from_secs(1), socket.read(&mut buf)).await {
-            Err(_) => continue,
-            Ok(r) => r?,
+    loop {
+        let n = tokio::select! {
+            r = socket.read(&mut buf) => r?,
+            _ = stop.changed() => return Ok(()),
         };
         if n == 0 {
             bail!("closed");
         }
-        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
-        if !counted && pending.contains("event: ready") {
-            counted = true;
-            shared.connected.fetch_add(1, Ordering::Relaxed);
-        }
+        pending.extend_from_slice(&buf[..n]);
         // Every record event has a `data:` line with the envelope.
-        while let Some(end) = pending.find('\n') {
-            let line: String = pending.drain(..=end).collect();
-            if let Some(data) = line.strip_prefix("data: ")
-                && let Some(ts) = timestamp_of(data)
-            {
-                shared.received(ts);
+        let mut start = 0;
+        while let Some(len) = pending[start..].iter().position(|&b| b == b'\n') {
+            let line = &pending[start..start + len];
+            if let Some(data) = line.strip_prefix(b"data: ") {
+                if let Some(ts) = timestamp_of(data) {
+                    shared.received(ts);
+                }
+            } else if !counted && line == b"event: ready" {
+                counted = true;
+                shared.connected.fetch_add(1, Ordering::Relaxed);
             }
+            start += len + 1;
         }
+        pending.drain(..start);
     }
-    Ok(())
 }
 
-async fn ws_subscriber(url: String, shared: Arc<Shared>) -> anyhow::Result<()> {
+async fn ws_subscriber(
+    url: String,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
     let mut counted = false;
-    while !shared.stop.load(Ordering::Relaxed) {
-        let message = match tokio::time::timeout(Duration::from_secs(1), socket.next()).await {
-            Err(_) => continue,
-            Ok(None) => bail!("closed"),
-            Ok(Some(m)) => m?,
+    loop {
+        let message = tokio::select! {
+            m = socket.next() => match m {
+                None => bail!("closed"),
+                Some(m) => m?,
+            },
+            _ = stop.changed() => return Ok(()),
         };
         if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
             if !counted {
@@ -182,13 +201,12 @@ async fn ws_subscriber(url: String, shared: Arc<Shared>) -> anyhow::Result<()> {
                 shared.connected.fetch_add(1, Ordering::Relaxed);
             }
             if text.starts_with("{\"type\":\"record\"")
-                && let Some(ts) = timestamp_of(&text)
+                && let Some(ts) = timestamp_of(text.as_bytes())
             {
                 shared.received(ts);
             }
         }
     }
-    Ok(())
 }
 
 /// (RSS KiB, CPU seconds) of a process.
@@ -248,8 +266,8 @@ async fn main() -> anyhow::Result<()> {
         connected: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         latency: Histogram::new(),
-        stop: AtomicBool::new(false),
     });
+    let (stop, stopped) = watch::channel(false);
     let host = a
         .url
         .trim_start_matches("http://")
@@ -264,18 +282,24 @@ async fn main() -> anyhow::Result<()> {
         let shared2 = shared.clone();
         let task = if a.transport == "ws" {
             let url = format!("ws://{host}/v1/topics/{}/ws?format=json", a.topic);
+            let stopped = stopped.clone();
             tokio::spawn(async move {
-                if ws_subscriber(url, shared2.clone()).await.is_err()
-                    && !shared2.stop.load(Ordering::Relaxed)
+                if ws_subscriber(url, shared2.clone(), stopped.clone())
+                    .await
+                    .is_err()
+                    && !*stopped.borrow()
                 {
                     shared2.failed.fetch_add(1, Ordering::Relaxed);
                 }
             })
         } else {
             let (h, path) = (host.clone(), format!("/v1/topics/{}/sse", a.topic));
+            let stopped = stopped.clone();
             tokio::spawn(async move {
-                if sse_subscriber(h, path, shared2.clone()).await.is_err()
-                    && !shared2.stop.load(Ordering::Relaxed)
+                if sse_subscriber(h, path, shared2.clone(), stopped.clone())
+                    .await
+                    .is_err()
+                    && !*stopped.borrow()
                 {
                     shared2.failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -315,12 +339,14 @@ async fn main() -> anyhow::Result<()> {
     let interval = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
     let mut next = Instant::now();
     let mut cpu_start = cpu0;
+    let mut client_cpu_start = 0.0;
     let mut rss_peak = 0;
     while begin.elapsed() < total {
         if measured_at.is_none() && begin.elapsed() >= warm {
             shared.window_from.store(now_ms(), Ordering::Relaxed);
             produced = 0;
             cpu_start = a.gateway_pid.map(proc_stats).unwrap_or_default().1;
+            client_cpu_start = proc_stats(std::process::id()).1;
             measured_at = Some(Instant::now());
         }
         let key = format!("k{}", produced % 100);
@@ -340,9 +366,10 @@ async fn main() -> anyhow::Result<()> {
     shared.window_to.store(now_ms(), Ordering::Relaxed);
     let elapsed = measured_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
     let (rss_end, cpu_end) = a.gateway_pid.map(proc_stats).unwrap_or_default();
+    let client_cpu_end = proc_stats(std::process::id()).1;
     // Let the last records of the window arrive.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    shared.stop.store(true, Ordering::Relaxed);
+    let _ = stop.send(true);
     let events = shared.events.load(Ordering::Relaxed);
     let expected = produced * connected;
     let per_sub_kib = if connected > 0 {
@@ -351,12 +378,13 @@ async fn main() -> anyhow::Result<()> {
         0.0
     };
     let cpu = (cpu_end - cpu_start) / elapsed.max(0.001);
+    let client_cpu = (client_cpu_end - client_cpu_start) / elapsed.max(0.001);
     println!(
-        "| transport | subscribers | produced/s | delivered events/s | delivered | latency p50 | p99 | max | gateway RSS idle -> peak | RSS per subscriber | gateway CPU |"
+        "| transport | subscribers | produced/s | delivered events/s | delivered | latency p50 | p99 | max | gateway RSS idle -> peak | RSS per subscriber | gateway CPU | load client CPU |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} | {} | {} | {:.0} | {:.2}% | {} ms | {} ms | {} ms | {} -> {} MiB | {:.1} KiB | {:.0}% of a core |",
+        "| {} | {} | {} | {:.0} | {:.2}% | {} ms | {} ms | {} ms | {} -> {} MiB | {:.1} KiB | {:.0}% of a core | {:.0}% of a core |",
         a.transport,
         connected,
         a.rate,
@@ -373,6 +401,7 @@ async fn main() -> anyhow::Result<()> {
         rss_peak.max(rss_end) / 1024,
         per_sub_kib,
         cpu * 100.0,
+        client_cpu * 100.0,
     );
     eprintln!(
         "failed connections: {}; connect time {connect_secs:.1} s",
