@@ -24,7 +24,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod gateway;
@@ -588,7 +588,23 @@ impl Millrace {
 impl Drop for Millrace {
     fn drop(&mut self) {
         let _ = self.kill();
+        // The log lives in the process's temporary directory, gone with
+        // it; a benchmark that audits logs asked for a copy.
+        if let Some(dir) = LOG_ARCHIVE.get() {
+            static COPIES: AtomicUsize = AtomicUsize::new(0);
+            let n = COPIES.fetch_add(1, Ordering::Relaxed);
+            let _ = std::fs::copy(&self.log, dir.join(format!("millrace-{n}.log")));
+        }
     }
+}
+
+static LOG_ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+
+/// From now on, every [`Millrace`] copies its log into `dir` when it is
+/// dropped (as `millrace-<n>.log`), so that a benchmark can audit the logs
+/// of every process it ran. Set once per process; later calls are ignored.
+pub fn archive_logs_to(dir: &Path) {
+    let _ = LOG_ARCHIVE.set(dir.to_path_buf());
 }
 
 /// Runs `millrace` with arguments to completion: (exit code, stdout,

@@ -24,6 +24,7 @@
 pub mod drain;
 pub mod engines;
 pub mod latency;
+pub mod log_audit;
 pub mod passthrough;
 pub mod profile;
 pub mod recovery;
@@ -123,6 +124,8 @@ pub struct Results {
     pub recovery: Vec<Recovery>,
     /// Parts that failed, with their errors.
     pub failures: Vec<String>,
+    /// ERROR and WARN lines in Millrace's logs of this run.
+    pub log_audit: log_audit::LogAudit,
 }
 
 /// Deletes the run's topics when dropped, whatever happened.
@@ -149,6 +152,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         .prefix("millrace-compare")
         .tempdir()?;
     on_interrupt(name.clone(), logs.path().to_path_buf())?;
+    crate::archive_logs_to(logs.path());
     let launcher = Launcher {
         peer: Peer::locate(
             &options.peer_dir,
@@ -268,6 +272,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 
     results.load_average_after = bench::load_average();
     results.total_seconds = started.elapsed().as_secs_f64();
+    results.log_audit = log_audit::audit(logs.path());
+    progress(&format!(
+        "logs: {} ERROR and {} WARN lines in {} Millrace logs",
+        results.log_audit.errors, results.log_audit.warnings, results.log_audit.logs
+    ));
     report::write(&results, options)?;
     progress(&format!(
         "report written to {} after {:.0} s",

@@ -263,6 +263,29 @@ fn markdown(r: &Results) -> anyhow::Result<String> {
         writeln!(out)?;
     }
 
+    let audit = &r.log_audit;
+    writeln!(
+        out,
+        "- Logs: {} ERROR and {} WARN lines in Millrace's {} logs of this run (a healthy run \
+         logs no ERROR).{}\n",
+        audit.errors,
+        audit.warnings,
+        audit.logs,
+        if audit.first_errors.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " The first: {}",
+                audit
+                    .first_errors
+                    .iter()
+                    .map(|l| format!("`{}`", l.replace('`', "'")))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }
+    )?;
+
     writeln!(out, "## Summary\n")?;
     writeln!(out, "| | Millrace | Kafka Streams | Millrace ÷ KS |")?;
     writeln!(out, "|---|---|---|---|")?;
