@@ -187,7 +187,6 @@ impl GatewayMetrics {
         }
     }
 
-    /// Records a message handed to a connection.
     /// The counters one subscription updates on every message, looked up
     /// once: a label lookup hashes and locks, and a subscriber sends
     /// thousands of messages.

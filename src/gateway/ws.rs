@@ -100,10 +100,11 @@ enum Step {
     Stop,
 }
 
-/// Sends a message, giving up after `within` without completing. A send
-/// nearly always completes at once (the socket has room), so the timer is
-/// armed only when it does not: one timer per message, per subscriber, is
-/// a measurable share of a large fan-out.
+/// Sends a message, giving up after `within` without completing; every
+/// write to the client goes through it. A send nearly always completes at
+/// once (the socket has room), so the timer is armed only when it does
+/// not: one timer per message, per subscriber, is a measurable share of a
+/// large fan-out.
 async fn send_within(
     sink: &mut SplitSink<WebSocket, Message>,
     message: Message,
@@ -128,7 +129,7 @@ async fn serve(socket: WebSocket, mut session: Session) {
     let ready = json!({"type": "ready", "topic": session.topic, "position": session.start,
                        "policy": session.policy.to_string()})
     .to_string();
-    let sent = tokio::time::timeout(config.write_timeout, sink.send(Message::text(ready))).await;
+    let sent = send_within(&mut sink, Message::text(ready), config.write_timeout).await;
     if !matches!(sent, Ok(Ok(()))) {
         return;
     }
@@ -158,11 +159,7 @@ async fn serve(socket: WebSocket, mut session: Session) {
                             code,
                             reason: reason.label().into(),
                         };
-                        let _ = tokio::time::timeout(
-                            config.write_timeout,
-                            sink.send(Message::Close(Some(frame))),
-                        )
-                        .await;
+                        let _ = send_within(&mut sink, Message::Close(Some(frame)), config.write_timeout).await;
                         Step::Stop
                     }
                 }
@@ -175,11 +172,7 @@ async fn serve(socket: WebSocket, mut session: Session) {
                     if let Some(code) = read_error_close_code(e) {
                         session.ended("client_error");
                         let frame = CloseFrame { code, reason: "".into() };
-                        let _ = tokio::time::timeout(
-                            config.write_timeout,
-                            sink.send(Message::Close(Some(frame))),
-                        )
-                        .await;
+                        let _ = send_within(&mut sink, Message::Close(Some(frame)), config.write_timeout).await;
                     }
                     Step::Stop
                 }
@@ -193,11 +186,7 @@ async fn serve(socket: WebSocket, mut session: Session) {
                     session.ended("heartbeat");
                     Step::Stop
                 } else {
-                    match tokio::time::timeout(
-                        config.write_timeout,
-                        sink.send(Message::Ping(Default::default())),
-                    )
-                    .await
+                    match send_within(&mut sink, Message::Ping(Default::default()), config.write_timeout).await
                     {
                         Ok(Ok(())) => Step::Continue,
                         Ok(Err(_)) => Step::Stop,
